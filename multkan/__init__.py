@@ -1,0 +1,37 @@
+"""multkan: Kolmogorov-Arnold networks with sum and multiplication nodes for scientific discovery."""
+
+from .datasets import create_dataset, dataset_from_arrays
+from .errors import (
+    CheckpointError,
+    GraphError,
+    InvalidDataError,
+    InvalidParameterError,
+    MultKANError,
+    MultKANWarning,
+    NonFiniteLossWarning,
+    SymbolicError,
+    SymbolicFitWarning,
+)
+from .graph import EdgeId, build_graph
+from .model import MultKAN
+from .train import fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "EdgeId",
+    "GraphError",
+    "InvalidDataError",
+    "InvalidParameterError",
+    "MultKAN",
+    "MultKANError",
+    "MultKANWarning",
+    "NonFiniteLossWarning",
+    "SymbolicError",
+    "SymbolicFitWarning",
+    "build_graph",
+    "create_dataset",
+    "dataset_from_arrays",
+    "fit",
+]

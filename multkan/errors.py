@@ -1,0 +1,59 @@
+"""Exceptions and warning categories raised by multkan.
+
+Every error that multkan raises on purpose derives from :class:`MultKANError`.
+Input errors also derive from the matching built-in class (``ValueError``,
+``TypeError``), so ``except ValueError`` keeps working in user code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MultKANError(Exception):
+    """Base class of the errors that multkan raises on purpose."""
+
+
+class InvalidParameterError(MultKANError, ValueError):
+    """A parameter has a value outside the allowed set."""
+
+
+class InvalidDataError(MultKANError, ValueError):
+    """Input data has the wrong shape, dtype or non-finite entries."""
+
+
+class GraphError(MultKANError, ValueError):
+    """A graph IR breaks a structural rule (cycles, layering, arity, kinds)."""
+
+
+class SymbolicError(MultKANError, ValueError):
+    """A symbolic operation cannot be carried out on the model as it is."""
+
+
+class CheckpointError(MultKANError, ValueError):
+    """A saved model or report is missing, truncated or tampered with."""
+
+
+class MultKANWarning(UserWarning):
+    """Base class of the warnings that multkan emits."""
+
+
+class NonFiniteLossWarning(MultKANWarning):
+    """Training met a non-finite loss or gradient and restored earlier parameters."""
+
+
+class SymbolicFitWarning(MultKANWarning):
+    """An edge could not be fitted well by any symbolic candidate."""
+
+
+def invalid_parameter(name: str, allowed: str, received: Any) -> InvalidParameterError:
+    """Build an :class:`InvalidParameterError` that names the parameter, the rule and the value.
+
+    Examples
+    --------
+    >>> raise invalid_parameter("grid", "an integer >= 1", 0)
+    Traceback (most recent call last):
+    ...
+    multkan.errors.InvalidParameterError: invalid grid: expected an integer >= 1, received 0
+    """
+    return InvalidParameterError(f"invalid {name}: expected {allowed}, received {received!r}")

@@ -1,0 +1,394 @@
+"""The user-facing MultKAN module."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import networkx as nx
+import torch
+from torch import nn
+
+from .compile import CompileOptions, compile_graph, write_back
+from .errors import InvalidDataError, invalid_parameter
+from .graph import EdgeId, build_graph, graph_layers
+from .nn._layer import MultKANLayer
+from .splines import extend_grid, fit_coefficients, grid_from_samples, uniform_grid
+
+__all__ = ["MultKAN", "check_input"]
+
+
+def check_input(x: Any, n_in: int, dtype: torch.dtype, *, name: str = "x") -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Validate model input and flatten it to (batch, n_in).
+
+    The rule, as for ``torch.nn.Linear``: any leading dimensions are allowed
+    and the last one must equal the number of inputs. Real inputs of any
+    dtype (numpy arrays, integer tensors, float64) are converted to the
+    model's dtype; complex inputs are rejected.
+
+    Returns
+    -------
+    x : tensor of shape (batch, n_in)
+    leading : tuple of int
+        Leading dimensions, to restore on the output.
+    """
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise InvalidDataError(f"invalid {name}: expected an array of shape (batch, {n_in}), received {type(x).__name__} ({error})") from error
+    if x.is_complex():
+        raise InvalidDataError(f"invalid {name}: expected real numbers, received dtype {x.dtype}")
+    if x.ndim == 0 or x.shape[-1] != n_in:
+        raise InvalidDataError(
+            f"invalid {name}: the model has {n_in} inputs, so the last dimension must be {n_in}, "
+            f"received shape {tuple(x.shape)}. Pass an array of shape (batch, {n_in})."
+        )
+    leading = tuple(x.shape[:-1])
+    return x.reshape(-1, n_in).to(dtype), leading
+
+
+class MultKAN(nn.Module):
+    """A Kolmogorov-Arnold network with sum and multiplication nodes.
+
+    Parameters
+    ----------
+    width : sequence
+        Layer sizes in pykan notation: ``[2, 5, 1]`` or ``[2, [0, 2], 1]``
+        (a hidden layer of 0 sum nodes and 2 mult nodes).
+    grid : int
+        Grid intervals ``G`` of every spline.
+    k : int
+        Spline order.
+    mult_arity : int or sequence
+        Arity of the mult nodes: one int, or per layer an int or a list.
+    grid_range : (float, float)
+        Input range covered by the initial grids.
+    grid_eps : float in [0, 1]
+        Default mix of uniform (1) and quantile (0) knots for grid updates.
+    base_fun : {"silu", "identity", "zero"}
+        Base function ``b`` of the edges.
+    noise_scale : float
+        Scale of the random initial spline coefficients.
+    scale_base_mu, scale_base_sigma : float
+        Initial base weights are ``(mu + sigma U(-1, 1)) / sqrt(n_in)``.
+    affine_trainable : bool
+        Whether node scales and biases are trained.
+    input_names, output_names : sequence of str, optional
+        Variable names used in formulas and plots.
+    seed : int
+        Seed of the local generator for initial parameters; the global RNG
+        state is not touched.
+    dtype : torch.dtype, optional
+        Defaults to ``torch.get_default_dtype()``.
+    device : str or torch.device, optional
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = MultKAN(width=[2, 5, 1], grid=5, k=3, seed=0)
+    >>> model(torch.zeros(4, 2)).shape
+    torch.Size([4, 1])
+    """
+
+    def __init__(
+        self,
+        width: Sequence,
+        grid: int = 3,
+        k: int = 3,
+        mult_arity: int | Sequence = 2,
+        *,
+        grid_range: Sequence[float] = (-1.0, 1.0),
+        grid_eps: float = 0.02,
+        base_fun: str = "silu",
+        noise_scale: float = 0.3,
+        scale_base_mu: float = 0.0,
+        scale_base_sigma: float = 1.0,
+        affine_trainable: bool = False,
+        input_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        seed: int = 0,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        graph = build_graph(width, mult_arity, input_names=input_names, output_names=output_names)
+        options = _make_options(grid, k, grid_range, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable)
+        super().__init__()
+        self._setup(graph, options, grid_eps=grid_eps, seed=seed, dtype=dtype, device=device)
+
+    @classmethod
+    def from_graph(
+        cls,
+        graph: nx.DiGraph,
+        *,
+        grid: int = 3,
+        k: int = 3,
+        grid_range: Sequence[float] = (-1.0, 1.0),
+        grid_eps: float = 0.02,
+        base_fun: str = "silu",
+        noise_scale: float = 0.3,
+        scale_base_mu: float = 0.0,
+        scale_base_sigma: float = 1.0,
+        affine_trainable: bool = False,
+        seed: int = 0,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        library=None,
+    ) -> MultKAN:
+        """Compile a graph IR into a model.
+
+        Parameters the graph carries (coefficients, grids, symbolic edges,
+        node affines) are used; the keyword arguments fill in the rest.
+        """
+        options = _make_options(grid, k, grid_range, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable)
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model._setup(copy.deepcopy(graph), options, grid_eps=grid_eps, seed=seed, dtype=dtype, device=device, library=library)
+        return model
+
+    def _setup(self, graph, options, *, grid_eps, seed, dtype, device, library=None) -> None:
+        if not 0.0 <= grid_eps <= 1.0:
+            raise invalid_parameter("grid_eps", "a number in [0, 1]", grid_eps)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise invalid_parameter("seed", "an int", seed)
+        dtype = dtype or torch.get_default_dtype()
+        if dtype not in (torch.float32, torch.float64):
+            raise invalid_parameter("dtype", "torch.float32 or torch.float64", dtype)
+
+        self.options = options
+        self.grid_eps = grid_eps
+        self.seed = seed
+        self._library = library
+        self.graph = graph
+        generator = torch.Generator().manual_seed(seed)
+        layers = compile_graph(graph, options, generator=generator, dtype=dtype, resolve_symbolic=self._resolve_symbolic)
+        self.layers = nn.ModuleList(layers)
+        self.to(dtype=dtype, device=device)
+
+    # Structure.
+
+    @property
+    def library(self):
+        """The symbolic function library used for symbolic edges."""
+        if self._library is None:
+            from .symbolic import default_library
+
+            self._library = default_library()
+        return self._library
+
+    def _resolve_symbolic(self, name: str):
+        return self.library[name].safe_torch_fn
+
+    @property
+    def width(self) -> list:
+        """Layer sizes in pykan notation, ``[n]`` or ``[n_sum, n_mult]`` per layer."""
+        layers = graph_layers(self.graph)
+        return [len(layer.nodes) if not layer.operands else [layer.n_sum, len(layer.operands)] for layer in layers]
+
+    @property
+    def mult_arity(self) -> list[list[int]]:
+        """Arity of every mult node, one list per layer."""
+        return [[len(o) for o in layer.operands] for layer in graph_layers(self.graph)]
+
+    @property
+    def n_inputs(self) -> int:
+        return self.layers[0].n_in
+
+    @property
+    def n_outputs(self) -> int:
+        return self.layers[-1].n_out
+
+    @property
+    def input_names(self) -> list[str]:
+        return [self.graph.nodes[n]["name"] for n in graph_layers(self.graph)[0].nodes]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [self.graph.nodes[n]["name"] for n in graph_layers(self.graph)[-1].nodes]
+
+    @property
+    def grid_size(self) -> int:
+        return self.options.grid_size
+
+    @property
+    def k(self) -> int:
+        return self.options.k
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layers[0].coef.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].coef.device
+
+    def to_graph(self) -> nx.DiGraph:
+        """Return a copy of the graph IR holding the current parameters."""
+        return write_back(self.graph, list(self.layers))
+
+    def copy(self) -> MultKAN:
+        """Return an independent deep copy."""
+        return copy.deepcopy(self)
+
+    def edge(self, edge: EdgeId | Sequence[int]) -> EdgeId:
+        """Validate an edge address ``(layer, source, target)`` and return it as an :class:`EdgeId`."""
+        if not isinstance(edge, Sequence) or len(edge) != 3 or not all(isinstance(v, int) for v in edge):
+            raise invalid_parameter("edge", "a triple (layer, source, target) of ints", edge)
+        layer, source, target = edge
+        if not 0 <= layer < len(self.layers):
+            raise invalid_parameter("edge layer", f"0 <= layer < {len(self.layers)}", layer)
+        compiled = self.layers[layer]
+        if not 0 <= source < compiled.n_in:
+            raise invalid_parameter("edge source", f"0 <= source < {compiled.n_in} in layer {layer}", source)
+        if not 0 <= target < compiled.n_sub:
+            raise invalid_parameter("edge target", f"0 <= target < {compiled.n_sub} in layer {layer}", target)
+        return EdgeId(layer, source, target)
+
+    # Evaluation.
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluate the network.
+
+        Parameters
+        ----------
+        x : tensor of shape (*, n_inputs)
+
+        Returns
+        -------
+        tensor of shape (*, n_outputs)
+        """
+        values, leading = check_input(x, self.n_inputs, self.dtype)
+        for layer in self.layers:
+            values = layer(values)
+        return values.reshape(*leading, self.n_outputs)
+
+    def activations(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Return per-layer statistics for regularisation, attribution and plots.
+
+        An explicit call: the forward pass stores nothing.
+
+        Returns
+        -------
+        list of dict, one per layer, with
+            ``inputs`` (batch, n_in), ``edges`` (batch, n_in, n_sub) the value of
+            every edge function, ``sums`` (batch, n_sub) and ``outputs``
+            (batch, n_out).
+        """
+        values, _ = check_input(x, self.n_inputs, self.dtype)
+        records = []
+        for layer in self.layers:
+            edges = layer.edge_values(values)
+            sums = edges.sum(dim=1)
+            outputs = layer.combine(sums)
+            records.append({"inputs": values, "edges": edges, "sums": sums, "outputs": outputs})
+            values = outputs
+        return records
+
+    def layer_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the input of every layer, each of shape (batch, n_in)."""
+        values, _ = check_input(x, self.n_inputs, self.dtype)
+        inputs = []
+        for layer in self.layers:
+            inputs.append(values)
+            values = layer(values)
+        return inputs
+
+    # Grids.
+
+    @torch.no_grad()
+    def update_grid(self, x: torch.Tensor, *, grid_eps: float | None = None, margin: float = 0.0) -> MultKAN:
+        """Move every grid to cover the layer inputs produced by ``x``, in place.
+
+        Layer by layer, knots are placed with :func:`multkan.splines.grid_from_samples`
+        and coefficients are refitted by least squares, so each spline keeps
+        its shape on the samples. Returns the model.
+        """
+        grid_eps = self.grid_eps if grid_eps is None else grid_eps
+        values, _ = check_input(x, self.n_inputs, self.dtype)
+        for layer in self.layers:
+            new_grid = grid_from_samples(values, layer.grid_size, layer.k, grid_eps=grid_eps, margin=margin)
+            layer.update_grid(values, new_grid, uniform=grid_eps == 1.0)
+            values = layer(values)
+        return self
+
+    @torch.no_grad()
+    def refine(self, new_grid: int, x: torch.Tensor | None = None) -> MultKAN:
+        """Return a copy on a grid of ``new_grid`` intervals carrying the learned functions.
+
+        Without ``x``, when ``new_grid`` is a multiple of the current grid
+        size every interval is split into equal parts, so the old knots are
+        kept and the old splines are reproduced exactly (up to rounding);
+        otherwise the new grid is uniform over the old data range. With ``x``
+        the knots follow the layer inputs as in :meth:`update_grid`.
+        Coefficients are fitted by least squares to the old splines on dense
+        samples of the data range.
+        """
+        if not isinstance(new_grid, int) or isinstance(new_grid, bool) or new_grid < 1:
+            raise invalid_parameter("new_grid", "an integer >= 1", new_grid)
+
+        refined = self.copy()
+        refined.options = _replace(self.options, grid_size=new_grid)
+        inputs = None if x is None else self.layer_inputs(x)
+        for position, layer in enumerate(refined.layers):
+            k = layer.k
+            low, high = layer.grid[:, k], layer.grid[:, -k - 1]
+            fractions = torch.linspace(0, 1, 8 * (new_grid + k) + 1, dtype=layer.grid.dtype, device=layer.grid.device)
+            samples = (low[:, None] + (high - low)[:, None] * fractions).T
+            old_values = layer.spline_edge_values(samples)
+            if inputs is None and new_grid % layer.grid_size == 0:
+                grid = _subdivide(layer.grid, k, new_grid // layer.grid_size)
+                uniform = layer.uniform
+            elif inputs is None:
+                grid = uniform_grid(low, high, new_grid, k, dtype=layer.grid.dtype, device=layer.grid.device)
+                uniform = True
+            else:
+                grid = grid_from_samples(inputs[position], new_grid, k, grid_eps=self.grid_eps)
+                uniform = self.grid_eps == 1.0
+            layer.grid = grid
+            layer.uniform = uniform
+            layer.coef = nn.Parameter(fit_coefficients(samples, old_values, grid, k))
+        return refined
+
+    # Training.
+
+    def fit(self, dataset: dict, **options: Any):
+        """Train the model in place; see :func:`multkan.train.fit` for the options."""
+        from .train import fit
+
+        return fit(self, dataset, **options)
+
+
+def _subdivide(grid: torch.Tensor, k: int, factor: int) -> torch.Tensor:
+    """Split every interior interval of ``grid`` into ``factor`` equal parts."""
+    interior = grid[:, k : grid.shape[1] - k]
+    fractions = torch.arange(factor, dtype=grid.dtype, device=grid.device) / factor
+    starts, widths = interior[:, :-1, None], interior.diff(dim=1)[:, :, None]
+    split = (starts + widths * fractions).reshape(grid.shape[0], -1)
+    return extend_grid(torch.cat([split, interior[:, -1:]], dim=1), k)
+
+
+def _make_options(grid, k, grid_range, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable) -> CompileOptions:
+    if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+        raise invalid_parameter("grid", "an integer >= 1", grid)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise invalid_parameter("k", "an integer >= 0", k)
+    grid_range = tuple(float(v) for v in grid_range)
+    if len(grid_range) != 2 or not grid_range[0] < grid_range[1]:
+        raise invalid_parameter("grid_range", "a pair (low, high) with low < high", grid_range)
+    return CompileOptions(
+        grid_size=grid,
+        k=k,
+        grid_range=grid_range,
+        base_fun=base_fun,
+        noise_scale=noise_scale,
+        scale_base_mu=scale_base_mu,
+        scale_base_sigma=scale_base_sigma,
+        affine_trainable=affine_trainable,
+    )
+
+
+def _replace(options: CompileOptions, **changes) -> CompileOptions:
+    from dataclasses import replace
+
+    return replace(options, **changes)

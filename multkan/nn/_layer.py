@@ -1,0 +1,257 @@
+"""A compiled MultKAN layer: vectorised edge functions followed by node operations.
+
+Symbols: ``batch`` samples, ``n_in`` nodes feeding the layer, ``n_sub`` edge
+targets (plain sums, then mult operands), ``n_out`` nodes the layer passes on
+(plain sums, then mult nodes), ``n_basis = G + k`` spline coefficients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..splines import bspline_basis, bspline_basis_uniform, extend_grid
+
+__all__ = ["MultKANLayer", "BASE_FUNCTIONS"]
+
+BASE_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": nn.functional.silu,
+    "identity": lambda x: x,
+    "zero": torch.zeros_like,
+}
+
+
+class MultKANLayer(nn.Module):
+    """Edges from ``n_in`` nodes to ``n_sub`` sums, then sums and mult nodes.
+
+    Each edge ``(i, j)`` computes
+
+    ``phi_ij(x) = spline_mask_ij (w_b,ij b(x) + w_s,ij sum_m c_ijm B_m(x))
+    + symbolic_mask_ij (c f(a x + b) + d)``
+
+    and sum ``j`` receives ``u_j = sum_i phi_ij(x_i)``. The layer passes on
+    ``h = scale * [u_0 .. u_{n_sum-1}, prod(operands of mult 0), ...] + bias``.
+
+    Parameters
+    ----------
+    grid : tensor of shape (n_in, G + 2k + 1)
+        Knots of each input.
+    k : int
+        Spline order.
+    n_sum : int
+        Plain sums; the first ``n_sum`` targets.
+    operands : sequence of sequence of int
+        For each mult node, the target positions of its operands.
+    coef : tensor of shape (n_in, n_sub, G + k)
+    scale_base, scale_sp : tensors of shape (n_in, n_sub)
+    spline_mask : tensor of shape (n_in, n_sub)
+        1 for spline edges, 0 for symbolic, zero or absent edges.
+    base_fun : str
+        Name in :data:`BASE_FUNCTIONS`.
+
+    Attributes
+    ----------
+    symbolic_mask : buffer of shape (n_in, n_sub)
+    symbolic_affine : parameter of shape (n_in, n_sub, 4)
+        ``(a, b, c, d)`` of each symbolic edge.
+    node_scale, node_bias : parameters of shape (n_out,)
+    """
+
+    def __init__(
+        self,
+        grid: torch.Tensor,
+        k: int,
+        n_sum: int,
+        operands: Sequence[Sequence[int]],
+        coef: torch.Tensor,
+        scale_base: torch.Tensor,
+        scale_sp: torch.Tensor,
+        spline_mask: torch.Tensor,
+        *,
+        base_fun: str = "silu",
+        uniform: bool = False,
+        affine_trainable: bool = False,
+    ) -> None:
+        super().__init__()
+        n_in, n_sub, _ = coef.shape
+        self.k = k
+        self.n_sum = n_sum
+        self.base_fun = base_fun
+        self.uniform = uniform
+        self.operands = [tuple(o) for o in operands]
+
+        self.register_buffer("grid", grid.clone())
+        self.coef = nn.Parameter(coef.clone())
+        self.scale_base = nn.Parameter(scale_base.clone())
+        self.scale_sp = nn.Parameter(scale_sp.clone())
+        self.register_buffer("spline_mask", spline_mask.clone())
+        self.register_buffer("symbolic_mask", torch.zeros_like(spline_mask))
+        self.symbolic_affine = nn.Parameter(torch.zeros(n_in, n_sub, 4, dtype=coef.dtype, device=coef.device))
+        self.symbolic_names: dict[tuple[int, int], str] = {}
+        self.symbolic_functions: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+        n_out = n_sum + len(self.operands)
+        self.node_scale = nn.Parameter(torch.ones(n_out, dtype=coef.dtype, device=coef.device), requires_grad=affine_trainable)
+        self.node_bias = nn.Parameter(torch.zeros(n_out, dtype=coef.dtype, device=coef.device), requires_grad=affine_trainable)
+        self.register_buffer("operand_index", self._operand_index(n_sub), persistent=False)
+        self._groups: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _operand_index(self, n_sub: int) -> torch.Tensor:
+        """Gather index of shape (n_mult, max_arity); padding points at a column of ones."""
+        width = max((len(o) for o in self.operands), default=0)
+        index = torch.full((len(self.operands), width), n_sub, dtype=torch.long)
+        for m, positions in enumerate(self.operands):
+            index[m, : len(positions)] = torch.tensor(positions, dtype=torch.long)
+        return index
+
+    @property
+    def n_in(self) -> int:
+        return self.coef.shape[0]
+
+    @property
+    def n_sub(self) -> int:
+        return self.coef.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.n_sum + len(self.operands)
+
+    @property
+    def grid_size(self) -> int:
+        return self.coef.shape[2] - self.k
+
+    # Basis and edge values.
+
+    def basis(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the B-spline basis of every input, shape (batch, n_in, n_basis)."""
+        if self.uniform:
+            step = self.grid[:, 1] - self.grid[:, 0]
+            return bspline_basis_uniform(x, self.grid[:, 0], step, self.grid.shape[1], self.k)
+        return bspline_basis(x, self.grid, self.k)
+
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        return BASE_FUNCTIONS[self.base_fun](x)
+
+    def spline_edge_values(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``sum_m c_ijm B_m(x_i)`` for every edge, shape (batch, n_in, n_sub), unmasked."""
+        return torch.einsum("bim,ijm->bij", self.basis(x), self.coef)
+
+    def symbolic_groups(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Return the (source, target) index tensors of the symbolic edges of each function."""
+        device = self.symbolic_affine.device
+        if self._groups is None or any(s.device != device for s, _ in self._groups.values()):
+            grouped: dict[str, list[tuple[int, int]]] = {}
+            for edge, name in sorted(self.symbolic_names.items()):
+                grouped.setdefault(name, []).append(edge)
+            self._groups = {
+                name: (
+                    torch.tensor([i for i, _ in edges], dtype=torch.long, device=device),
+                    torch.tensor([j for _, j in edges], dtype=torch.long, device=device),
+                )
+                for name, edges in grouped.items()
+            }
+        return self._groups
+
+    def set_symbolic(
+        self,
+        source: int,
+        target: int,
+        name: str | None,
+        function: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        affine: Sequence[float] | None = None,
+    ) -> None:
+        """Make edge ``(source, target)`` symbolic with ``function``, or spline again when ``name`` is None."""
+        with torch.no_grad():
+            if name is None:
+                self.symbolic_names.pop((source, target), None)
+                self.symbolic_mask[source, target] = 0.0
+                self.spline_mask[source, target] = 1.0
+            else:
+                self.symbolic_names[(source, target)] = name
+                if function is not None:
+                    self.symbolic_functions[name] = function
+                self.symbolic_mask[source, target] = 1.0
+                self.spline_mask[source, target] = 0.0
+                if affine is not None:
+                    self.symbolic_affine[source, target] = torch.as_tensor(affine, dtype=self.symbolic_affine.dtype)
+        self._groups = None
+
+    def set_zero(self, source: int, target: int) -> None:
+        """Switch edge ``(source, target)`` off."""
+        with torch.no_grad():
+            self.symbolic_names.pop((source, target), None)
+            self.symbolic_mask[source, target] = 0.0
+            self.spline_mask[source, target] = 0.0
+        self._groups = None
+
+    def symbolic_edge_values(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Return ``(source, target, values)`` per function, values of shape (batch, n_edges_f)."""
+        results = []
+        for name, (source, target) in self.symbolic_groups().items():
+            a, b, c, d = self.symbolic_affine[source, target].unbind(-1)
+            values = c * self.symbolic_functions[name](a * x[:, source] + b) + d
+            results.append((source, target, values))
+        return results
+
+    def edge_values(self, x: torch.Tensor) -> torch.Tensor:
+        """Return every edge's output ``phi_ij(x_i)``, shape (batch, n_in, n_sub).
+
+        Used by the regulariser, attribution scores and plots; the forward
+        pass contracts the same terms without building this tensor.
+        """
+        spline = self.spline_edge_values(x)
+        values = (self.scale_base * self._base(x).unsqueeze(-1) + self.scale_sp * spline) * self.spline_mask
+        for source, target, symbolic in self.symbolic_edge_values(x):
+            values = values.index_put((torch.arange(x.shape[0], device=x.device)[:, None], source, target), symbolic, accumulate=True)
+        return values
+
+    # Node operations.
+
+    def combine(self, sums: torch.Tensor) -> torch.Tensor:
+        """Turn target sums (batch, n_sub) into node values (batch, n_out)."""
+        if self.operands:
+            padded = torch.cat([sums, torch.ones_like(sums[:, :1])], dim=1)
+            products = padded[:, self.operand_index].prod(dim=-1)
+            nodes = torch.cat([sums[:, : self.n_sum], products], dim=1)
+        else:
+            nodes = sums
+        return nodes * self.node_scale + self.node_bias
+
+    def target_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``u_j = sum_i phi_ij(x_i)`` for every target, shape (batch, n_sub)."""
+        weights = self.scale_sp * self.spline_mask
+        spline_weight = (self.coef * weights.unsqueeze(-1)).permute(0, 2, 1).reshape(-1, self.n_sub)
+        basis = self.basis(x).reshape(x.shape[0], -1)
+        sums = basis @ spline_weight + self._base(x) @ (self.scale_base * self.spline_mask)
+        for _, target, values in self.symbolic_edge_values(x):
+            sums = sums.index_add(1, target, values)
+        return sums
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map node values (batch, n_in) to node values (batch, n_out)."""
+        return self.combine(self.target_sums(x))
+
+    # Grids.
+
+    def update_grid(self, x: torch.Tensor, new_grid: torch.Tensor, *, uniform: bool) -> None:
+        """Move the knots to ``new_grid`` and refit coefficients so each spline keeps its shape on ``x``."""
+        from ..splines import fit_coefficients
+
+        with torch.no_grad():
+            old = self.spline_edge_values(x)
+            self.grid = new_grid.to(self.grid)
+            self.uniform = uniform
+            self.coef.copy_(fit_coefficients(x, old, self.grid, self.k))
+
+    def extra_repr(self) -> str:
+        return f"n_in={self.n_in}, n_sub={self.n_sub}, n_out={self.n_out}, grid={self.grid_size}, k={self.k}"
+
+
+def default_grid(n_in: int, grid_size: int, k: int, grid_range: tuple[float, float], dtype, device) -> torch.Tensor:
+    """Return uniform knots over ``grid_range`` for ``n_in`` inputs, shape (n_in, G + 2k + 1)."""
+    low, high = grid_range
+    fractions = torch.linspace(0, 1, grid_size + 1, dtype=dtype, device=device)
+    interior = (low + (high - low) * fractions).expand(n_in, -1)
+    return extend_grid(interior, k)

@@ -1,0 +1,158 @@
+"""The compiled MultKAN module against the slow oracle, plus construction rules."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from multkan import InvalidDataError, InvalidParameterError, MultKAN
+from multkan.graph import graph_from_json, graph_to_json
+
+from .oracle import evaluate_graph
+
+
+def _random_model(seed, width, arity, grid=4, k=3, dtype=torch.float64):
+    model = MultKAN(width, grid=grid, k=k, mult_arity=arity, seed=seed, dtype=dtype, noise_scale=3.0)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.spline_mask.copy_((torch.rand(layer.spline_mask.shape, generator=generator, dtype=dtype) > 0.2).to(dtype))
+            layer.node_bias.copy_(torch.randn(layer.n_out, generator=generator, dtype=dtype) * 0.1)
+    return model
+
+
+def _check_against_oracle(model, n_points=5, seed=0):
+    graph = model.to_graph()
+    x = torch.rand(n_points, model.n_inputs, generator=torch.Generator().manual_seed(seed), dtype=model.dtype) * 2.4 - 1.2
+    fast = model(x)
+    for row in range(n_points):
+        expected = evaluate_graph(graph, x[row].tolist(), model.k)
+        assert fast[row].tolist() == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "width, arity",
+    [([2, 5, 1], 2), ([2, [0, 2], 1], 2), ([3, [1, 2], 2], 3), ([2, [2, 2], [1, 1], 1], 4), ([2, [1, 3], 1], [0, [2, 3, 4], 0])],
+)
+def test_forward_matches_oracle(width, arity):
+    _check_against_oracle(_random_model(1, width, arity))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n_in=st.integers(1, 3),
+    hidden=st.lists(st.tuples(st.integers(0, 3), st.lists(st.integers(2, 4), max_size=2)), min_size=1, max_size=2),
+    n_out=st.integers(1, 2),
+    grid=st.integers(1, 5),
+    k=st.integers(1, 3),
+    seed=st.integers(0, 1000),
+)
+def test_random_graphs_match_oracle(n_in, hidden, n_out, grid, k, seed):
+    hidden = [(s if s or a else 1, a) for s, a in hidden]
+    width = [n_in] + [[s, len(a)] for s, a in hidden] + [n_out]
+    arity = [0] + [list(a) for _, a in hidden] + [0]
+    _check_against_oracle(_random_model(seed, width, arity, grid=grid, k=k), n_points=3, seed=seed)
+
+
+def test_same_seed_same_parameters():
+    first, second = MultKAN([2, [3, 1], 1], seed=7), MultKAN([2, [3, 1], 1], seed=7)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    different = MultKAN([2, [3, 1], 1], seed=8)
+    assert not torch.equal(first.layers[0].coef, different.layers[0].coef)
+
+
+def test_global_rng_untouched():
+    state = torch.get_rng_state()
+    MultKAN([2, 5, 1], seed=3)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_forward_has_no_side_effects():
+    model = MultKAN([2, [2, 1], 1], seed=0)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    model(torch.rand(10, 2))
+    for name, value in model.state_dict().items():
+        assert torch.equal(before[name], value), name
+
+
+def test_graph_json_round_trip_is_bit_exact():
+    model = _random_model(4, [2, [1, 2], 1], 3, dtype=torch.float32)
+    restored = MultKAN.from_graph(graph_from_json(graph_to_json(model.to_graph())), grid=4, dtype=torch.float32)
+    x = torch.rand(50, 2)
+    assert torch.equal(model(x), restored(x))
+
+
+def test_to_float64_moves_every_tensor():
+    model = MultKAN([2, [1, 1], 1], seed=0).to(torch.float64)
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point():
+            assert tensor.dtype == torch.float64, name
+        assert tensor.device.type == "cpu", name
+    assert model(torch.rand(3, 2)).dtype == torch.float64
+
+
+def test_float64_input_cast_to_model_dtype():
+    model = MultKAN([2, 1], seed=0)
+    assert model(torch.rand(4, 2, dtype=torch.float64)).dtype == torch.float32
+
+
+def test_leading_dimensions_kept():
+    model = MultKAN([3, 2], seed=0)
+    x = torch.rand(4, 5, 3)
+    out = model(x)
+    assert out.shape == (4, 5, 2)
+    assert torch.allclose(out.reshape(-1, 2), model(x.reshape(-1, 3)))
+
+
+@pytest.mark.parametrize("shape, width", [((1000, 2), [1, 2]), ((1000,), [1, 1]), ((10, 3), [2, 1])])
+def test_wrong_input_width_raises(shape, width):
+    model = MultKAN(width, seed=0)
+    with pytest.raises(InvalidDataError, match=f"the model has {width[0]} inputs.*received shape"):
+        model(torch.rand(shape))
+
+
+def test_complex_input_raises():
+    with pytest.raises(InvalidDataError, match="real numbers"):
+        MultKAN([1, 1])(torch.zeros(2, 1, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"grid": 0}, "grid"), ({"k": -1}, "k"), ({"grid_range": (1, -1)}, "grid_range"), ({"grid_eps": 2.0}, "grid_eps"), ({"dtype": torch.int32}, "dtype")],
+)
+def test_invalid_constructor_arguments(kwargs, name):
+    with pytest.raises(InvalidParameterError, match=f"invalid {name}"):
+        MultKAN([2, 1], **kwargs)
+
+
+def test_refine_by_integer_factor_keeps_function():
+    model = _random_model(2, [2, [1, 1], 1], 2, grid=3)
+    x = torch.rand(200, 2, dtype=torch.float64) * 2 - 1
+    model.update_grid(x)
+    refined = model.refine(9)
+    assert refined.layers[0].grid.shape[1] == 9 + 2 * 3 + 1
+    assert torch.allclose(refined(x), model(x), atol=1e-8)
+    assert model.layers[0].coef.shape[-1] == 3 + 3
+
+
+def test_refine_non_multiple_keeps_function_closely():
+    model = MultKAN([1, 1], grid=4, seed=0, dtype=torch.float64)
+    x = torch.linspace(-1, 1, 101, dtype=torch.float64)[:, None]
+    refined = model.refine(7)
+    assert torch.allclose(refined(x), model(x), atol=1e-2)
+
+
+def test_update_grid_keeps_function_on_samples():
+    model = MultKAN([2, 3, 1], grid=8, seed=0, dtype=torch.float64)
+    x = torch.rand(500, 2, dtype=torch.float64) * 1.6 - 0.8
+    before = model(x)
+    model.update_grid(x)
+    assert torch.allclose(model(x), before, atol=1e-3)
+    assert (model.layers[0].grid.diff(dim=1) > 0).all()
+
+
+def test_width_property_round_trips():
+    model = MultKAN([2, [3, 2], 1], mult_arity=3)
+    assert model.width == [2, [3, 2], 1]
+    assert model.mult_arity == [[], [3, 3], []]
