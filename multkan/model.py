@@ -157,6 +157,7 @@ class MultKAN(nn.Module):
             raise invalid_parameter("dtype", "torch.float32 or torch.float64", dtype)
 
         self.options = options
+        self.train_input: torch.Tensor | None = None
         self.grid_eps = grid_eps
         self.seed = seed
         self._library = library
@@ -353,10 +354,82 @@ class MultKAN(nn.Module):
     # Training.
 
     def fit(self, dataset: dict, **options: Any):
-        """Train the model in place; see :func:`multkan.train.fit` for the options."""
+        """Train the model in place; see :func:`multkan.train.fit` for the options.
+
+        The training inputs are kept in :attr:`train_input` so that pruning,
+        attribution and symbolic fitting can default to them.
+        """
         from .train import fit
 
         return fit(self, dataset, **options)
+
+    # Attribution and pruning, implemented in multkan.analysis.
+
+    def _default_inputs(self, x: torch.Tensor | None, purpose: str) -> torch.Tensor:
+        if x is not None:
+            return x
+        if getattr(self, "train_input", None) is None:
+            from .errors import InvalidDataError
+
+            raise InvalidDataError(f"{purpose} needs inputs: pass x, or call fit() first so the training inputs are stored")
+        return self.train_input.to(self.device)
+
+    def attribution(self, x: torch.Tensor | None = None):
+        """Return edge, node and input attribution scores; see :func:`multkan.analysis.attribution`."""
+        from .analysis import attribution
+
+        return attribution(self, self._default_inputs(x, "attribution"))
+
+    def feature_score(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Return one importance score per input, shape (n_inputs,)."""
+        from .analysis import feature_score
+
+        return feature_score(self, self._default_inputs(x, "feature_score"))
+
+    def prune(self, node_th: float = 1e-2, edge_th: float = 3e-2, x: torch.Tensor | None = None) -> MultKAN:
+        """Return a pruned copy; see :func:`multkan.analysis.prune`. The model itself is unchanged."""
+        from .analysis import prune
+
+        return prune(self, self._default_inputs(x, "prune"), node_th=node_th, edge_th=edge_th)
+
+    def prune_edge(self, edge: EdgeId | Sequence[int]) -> MultKAN:
+        """Return a copy with the function edge ``(layer, source, target)`` removed."""
+        from .analysis import prune_edge
+
+        return prune_edge(self, self.edge(edge))
+
+    def prune_node(self, node: str | Sequence[int]) -> MultKAN:
+        """Return a copy without a hidden node, given by id or ``(layer, index)``."""
+        from .analysis import prune_node
+
+        return prune_node(self, node)
+
+    def prune_input(self, inputs: int | str | Sequence[int | str]) -> MultKAN:
+        """Return a copy without the given inputs (indices or names)."""
+        from .analysis import prune_input
+
+        return prune_input(self, inputs)
+
+    # Files and figures.
+
+    def save(self, path) -> None:
+        """Save structure and parameters to one safetensors file (no pickle); see :func:`multkan.io.save`."""
+        from .io import save
+
+        save(self, path)
+
+    @classmethod
+    def load(cls, path, *, device: str | torch.device | None = None) -> MultKAN:
+        """Load a model written by :meth:`save`."""
+        from .io import load
+
+        return load(path, device=device)
+
+    def plot(self, x: torch.Tensor | None = None, **options: Any):
+        """Draw the network and return a matplotlib Figure; see :func:`multkan.plot.plot_network`."""
+        from .plot import plot_network
+
+        return plot_network(self, x if x is not None else getattr(self, "train_input", None), **options)
 
 
 def _subdivide(grid: torch.Tensor, k: int, factor: int) -> torch.Tensor:

@@ -260,6 +260,7 @@ def fit(
     """
     loss, loss_kind = _loss_function(loss_fn, model.n_outputs)
     data = prepare_dataset(model, dataset, loss_kind)
+    model.train_input = data["train_input"]
     n_train = data["train_input"].shape[0]
     _check_options(opt, steps, lr, batch, n_train, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step, log)
     batch_size = n_train if batch == -1 or batch > n_train else batch
