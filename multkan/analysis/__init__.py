@@ -1,0 +1,23 @@
+"""Attribution scores and pruning of MultKAN models.
+
+:func:`attribution` and :func:`feature_score` score edges, nodes and inputs
+from the standard deviation of every edge's values, passing shares of
+the output scores backwards through the network. :func:`prune` uses those scores to
+return a smaller copy of a model; :func:`prune_edge`, :func:`prune_node` and
+:func:`prune_input` make single edits. The model passed in is never changed.
+"""
+
+from .attribution import Attribution, attribution, edge_statistics, feature_score
+from .pruning import PruningWarning, prune, prune_edge, prune_input, prune_node
+
+__all__ = [
+    "Attribution",
+    "PruningWarning",
+    "attribution",
+    "edge_statistics",
+    "feature_score",
+    "prune",
+    "prune_edge",
+    "prune_input",
+    "prune_node",
+]
