@@ -363,6 +363,44 @@ class MultKAN(nn.Module):
 
         return fit(self, dataset, **options)
 
+    # Symbolic regression, implemented in multkan.symbolic.
+
+    def suggest_symbolic(self, edge: EdgeId | Sequence[int], lib=None, **options: Any):
+        """Rank library functions for one edge; see :func:`multkan.symbolic.suggest_symbolic`."""
+        from .symbolic.edges import suggest_symbolic
+
+        return suggest_symbolic(self, edge, lib, **options)
+
+    def fix_symbolic(self, edge: EdgeId | Sequence[int], name: str, fit_params: bool = True, **options: Any):
+        """Make one edge symbolic; see :func:`multkan.symbolic.fix_symbolic`. Returns the fit's r2 or None."""
+        from .symbolic.edges import fix_symbolic
+
+        return fix_symbolic(self, edge, name, fit_params=fit_params, **options)
+
+    def unfix_symbolic(self, edge: EdgeId | Sequence[int]) -> None:
+        """Turn a symbolic edge back into its spline."""
+        from .symbolic.edges import unfix_symbolic
+
+        unfix_symbolic(self, edge)
+
+    def auto_symbolic(self, lib=None, **options: Any):
+        """Snap every spline edge to its best library function; see :func:`multkan.symbolic.auto_symbolic`."""
+        from .symbolic.edges import auto_symbolic
+
+        return auto_symbolic(self, lib, **options)
+
+    def symbolic_formula(self, var_names: Sequence[str] | None = None, **options: Any):
+        """Return one sympy expression per output; see :func:`multkan.symbolic.symbolic_formula`."""
+        from .symbolic.formula import symbolic_formula
+
+        return symbolic_formula(self, var_names, **options)
+
+    def snap_constants(self, dataset: dict, **options: Any):
+        """Snap symbolic parameters to simple constants; see :func:`multkan.symbolic.snap_constants`."""
+        from .symbolic.formula import snap_constants
+
+        return snap_constants(self, dataset, **options)
+
     # Attribution and pruning, implemented in multkan.analysis.
 
     def _default_inputs(self, x: torch.Tensor | None, purpose: str) -> torch.Tensor:

@@ -1,0 +1,282 @@
+"""Snap the edges of a trained model to symbolic functions.
+
+Each edge ``phi`` is replaced by ``c * f(a * x + b) + d`` with ``f`` from a
+:class:`~multkan.symbolic.library.SymbolicLibrary`, fitted to the edge's
+values on explicit inputs or on the stored training inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import SymbolicError, SymbolicFitWarning, invalid_parameter
+from ..graph import EdgeId, graph_layers
+from .fitting import fit_affine, rank_candidates
+from .library import SymbolicFunction, SymbolicLibrary
+
+if TYPE_CHECKING:
+    from ..model import MultKAN
+
+__all__ = ["EdgeFit", "suggest_symbolic", "fix_symbolic", "unfix_symbolic", "auto_symbolic", "resolve_library"]
+
+
+@dataclass(frozen=True)
+class EdgeFit:
+    """One candidate fit of an edge.
+
+    Attributes
+    ----------
+    edge : EdgeId
+    name : str
+        Library function name.
+    params : tuple of float
+        ``(a, b, c, d)`` of ``c * f(a * x + b) + d``.
+    r2 : float
+        Coefficient of determination against the edge's values.
+    complexity : int
+    score : float
+        Ranking score, lower is better (see :func:`multkan.symbolic.rank_candidates`).
+    """
+
+    edge: EdgeId
+    name: str
+    params: tuple[float, float, float, float]
+    r2: float
+    complexity: int
+    score: float
+
+
+def resolve_library(model: MultKAN, lib: SymbolicLibrary | Iterable[str | SymbolicFunction] | None) -> SymbolicLibrary:
+    """Return the candidates: the model's library, a subset by name, or user entries added to it."""
+    if lib is None:
+        return model.library
+    if isinstance(lib, SymbolicLibrary):
+        for entry in lib.values():
+            if entry.name not in model.library:
+                model.library.add(entry)
+        return lib
+    names = []
+    for item in lib:
+        if isinstance(item, SymbolicFunction):
+            if item.name not in model.library:
+                model.library.add(item)
+            names.append(item.name)
+        elif isinstance(item, str):
+            names.append(item)
+        else:
+            raise invalid_parameter("lib", "a SymbolicLibrary or names / SymbolicFunction entries", item)
+    return model.library.subset(names)
+
+
+def _inputs(model: MultKAN, x: torch.Tensor | None, purpose: str) -> torch.Tensor:
+    if x is not None:
+        return x
+    if model.train_input is None:
+        raise SymbolicError(
+            f"{purpose} needs data to fit parameters: pass x=<inputs of shape (batch, {model.n_inputs})>, "
+            "call fit() first so the training inputs are stored, or use fit_params=False"
+        )
+    return model.train_input.to(model.device)
+
+
+def _edge_samples(model: MultKAN, x: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the inputs (batch, n_in) and edge values (batch, n_in, n_sub) of one layer."""
+    with torch.no_grad():
+        values = model.layer_inputs(x)[layer]
+        return values, model.layers[layer].edge_values(values)
+
+
+def _fit_edges(model, x, layer, edges, library, a_range, b_range):
+    inputs, values = _edge_samples(model, x, layer)
+    sources = [e.source for e in edges]
+    targets = [e.target for e in edges]
+    edge_x = inputs[:, sources].T.contiguous()
+    edge_y = values[:, sources, targets].T.contiguous()
+    return fit_affine(edge_x, edge_y, library, a_range=a_range, b_range=b_range)
+
+
+def suggest_symbolic(
+    model: MultKAN,
+    edge: EdgeId | Sequence[int],
+    lib=None,
+    *,
+    x: torch.Tensor | None = None,
+    topk: int = 5,
+    weight_simple: float = 0.8,
+    r2_threshold: float = 0.0,
+    a_range: tuple[float, float] = (-10.0, 10.0),
+    b_range: tuple[float, float] = (-10.0, 10.0),
+) -> list[EdgeFit]:
+    """Rank library functions for one edge, best first.
+
+    Returns
+    -------
+    list of EdgeFit
+        At most ``topk`` candidates whose fit is valid on the edge's inputs.
+    """
+    edge = model.edge(edge)
+    library = resolve_library(model, lib)
+    fit = _fit_edges(model, _inputs(model, x, "suggest_symbolic"), edge.layer, [edge], library, a_range, b_range)
+    ranking = rank_candidates(fit, None, weight_simple=weight_simple, r2_threshold=r2_threshold)
+    suggestions = []
+    for index in ranking.order[0].tolist():
+        score = float(ranking.score[0, index])
+        if score == float("inf") or len(suggestions) >= topk:
+            break
+        function = fit.functions[index]
+        params = tuple(float(v) for v in fit.params[0, index])
+        suggestions.append(EdgeFit(edge, function.name, params, float(fit.r2[0, index]), function.complexity, score))
+    return suggestions
+
+
+def _set_edge_function(model: MultKAN, edge: EdgeId, name: str | None, params=None) -> None:
+    """Update the compiled layer and the graph IR for one edge."""
+    layer = model.layers[edge.layer]
+    structure = graph_layers(model.graph)
+    source = structure[edge.layer].nodes[edge.source]
+    target = structure[edge.layer + 1].subnodes[edge.target]
+    if not model.graph.has_edge(source, target):
+        raise SymbolicError(f"edge {tuple(edge)} was pruned from the graph; it cannot be made symbolic")
+    if name is None:
+        layer.set_symbolic(edge.source, edge.target, None)
+        model.graph.edges[source, target]["function"] = {"type": "spline"}
+        return
+    function = model.library[name]
+    layer.set_symbolic(edge.source, edge.target, function.name, function.safe_torch_fn, params)
+    model.graph.edges[source, target]["function"] = {"type": "symbolic", "name": function.name, "params": list(params)}
+
+
+def fix_symbolic(
+    model: MultKAN,
+    edge: EdgeId | Sequence[int],
+    name: str,
+    *,
+    fit_params: bool = True,
+    x: torch.Tensor | None = None,
+    a_range: tuple[float, float] = (-10.0, 10.0),
+    b_range: tuple[float, float] = (-10.0, 10.0),
+) -> float | None:
+    """Replace one edge by ``c * f(a * x + b) + d`` with ``f = library[name]``.
+
+    With ``fit_params`` the parameters are fitted to the edge's values on
+    ``x`` (or the stored training inputs) and the fit's r2 is returned;
+    without, ``(a, b, c, d) = (1, 0, 1, 0)`` and None is returned, which
+    needs no data and no forward pass.
+    """
+    edge = model.edge(edge)
+    function = model.library[name]
+    if not fit_params:
+        _set_edge_function(model, edge, function.name, (1.0, 0.0, 1.0, 0.0))
+        return None
+
+    fit = _fit_edges(model, _inputs(model, x, "fix_symbolic"), edge.layer, [edge], [function], a_range, b_range)
+    if not bool(fit.valid[0, 0]):
+        raise SymbolicError(
+            f"cannot fix edge {tuple(edge)} to {function.name!r}: no (a, b) in a_range={a_range}, b_range={b_range} "
+            f"keeps a*x + b inside its domain on the edge's inputs; choose another function"
+        )
+    params = tuple(float(v) for v in fit.params[0, 0])
+    _set_edge_function(model, edge, function.name, params)
+    return float(fit.r2[0, 0])
+
+
+def unfix_symbolic(model: MultKAN, edge: EdgeId | Sequence[int]) -> None:
+    """Turn a symbolic edge back into its spline, which was kept untouched."""
+    _set_edge_function(model, model.edge(edge), None)
+
+
+def _active_spline_edges(model: MultKAN, layer: int) -> list[EdgeId]:
+    mask = model.layers[layer].spline_mask
+    return [EdgeId(layer, int(i), int(j)) for i, j in mask.nonzero().tolist()]
+
+
+def _simplest_choices(fit, r2_threshold: float, r2_factor: float) -> list[int]:
+    """Index of the least complex candidate within ``r2_factor`` of the best unexplained variance, per edge."""
+    r2 = torch.where(fit.valid, fit.r2.to(torch.float64), -torch.inf)
+    complexity = torch.tensor([f.complexity for f in fit.functions], dtype=torch.float64)
+    choices = []
+    for row in range(r2.shape[0]):
+        best_r2 = float(r2[row].max())
+        if not best_r2 >= r2_threshold:
+            choices.append(-1)
+            continue
+        limit = r2_factor * (1.0 - best_r2) + 1e-12
+        eligible = (1.0 - r2[row] <= limit) & (r2[row] >= r2_threshold)
+        order = sorted(eligible.nonzero().flatten().tolist(), key=lambda j: (float(complexity[j]), -float(r2[row, j])))
+        choices.append(order[0])
+    return choices
+
+
+def auto_symbolic(
+    model: MultKAN,
+    lib=None,
+    *,
+    x: torch.Tensor | None = None,
+    r2_threshold: float = 0.0,
+    weight_simple: float = 0.8,
+    a_range: tuple[float, float] = (-10.0, 10.0),
+    b_range: tuple[float, float] = (-10.0, 10.0),
+    selection: str = "score",
+    r2_factor: float = 10.0,
+) -> list[EdgeFit]:
+    """Snap every active spline edge to its best-ranked library function.
+
+    With ``selection="score"`` each edge takes the candidate with the best
+    ranking score (see :func:`multkan.symbolic.rank_candidates`). With
+    ``selection="simplest"`` it takes the least complex candidate whose
+    unexplained variance ``1 - r2`` is at most ``r2_factor`` times that of
+    the best fit, which prefers ``x`` over a slightly better ``arcsin`` on
+    a nearly straight edge. Neither rule sets a clean edge (best r2 > 0.99)
+    to the constant ``0``.
+
+    Layers are processed in order; each layer's edges are fitted in one
+    vectorised call on the inputs that the already snapped layers produce,
+    so later layers see the symbolic functions of earlier ones. An edge
+    with no candidate above ``r2_threshold`` keeps its spline and a
+    :class:`~multkan.errors.SymbolicFitWarning` names it.
+
+    Returns
+    -------
+    list of EdgeFit
+        One record per snapped edge.
+    """
+    library = resolve_library(model, lib)
+    inputs = _inputs(model, x, "auto_symbolic")
+    report: list[EdgeFit] = []
+    unfitted: list[EdgeId] = []
+    for layer in range(len(model.layers)):
+        edges = _active_spline_edges(model, layer)
+        if not edges:
+            continue
+        fit = _fit_edges(model, inputs, layer, edges, library, a_range, b_range)
+        ranking = rank_candidates(fit, None, weight_simple=weight_simple, r2_threshold=r2_threshold)
+        if selection == "simplest":
+            choices = _simplest_choices(fit, r2_threshold, r2_factor)
+        elif selection == "score":
+            choices = ranking.best.tolist()
+        else:
+            raise invalid_parameter("selection", "'score' or 'simplest'", selection)
+        for row, edge in enumerate(edges):
+            best = int(choices[row])
+            if best < 0:
+                unfitted.append(edge)
+                continue
+            function = fit.functions[best]
+            params = tuple(float(v) for v in fit.params[row, best])
+            _set_edge_function(model, edge, function.name, params)
+            report.append(EdgeFit(edge, function.name, params, float(fit.r2[row, best]), function.complexity, float(ranking.score[row, best])))
+
+    if unfitted:
+        import warnings
+
+        warnings.warn(
+            f"{len(unfitted)} edges kept their splines because no candidate reached r2 >= {r2_threshold}: "
+            f"{[tuple(e) for e in unfitted]}. Lower r2_threshold or extend the library.",
+            SymbolicFitWarning,
+            stacklevel=2,
+        )
+    return report

@@ -1,0 +1,310 @@
+"""Read a formula back from a model, snap its constants, and check it on data."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import networkx as nx
+import sympy
+import torch
+
+from ..errors import SymbolicError, invalid_parameter
+from ..graph import edge_id_of
+
+if TYPE_CHECKING:
+    from ..model import MultKAN
+
+__all__ = ["symbolic_formula", "formula_error", "snap_constants", "snap_value", "FormulaCheck", "SnapResult"]
+
+
+def _symbols(model: MultKAN, var_names: Sequence[str | sympy.Symbol] | None) -> list[sympy.Symbol]:
+    names = model.input_names if var_names is None else list(var_names)
+    if len(names) != model.n_inputs:
+        raise invalid_parameter("var_names", f"{model.n_inputs} names, one per input", names)
+    return [name if isinstance(name, sympy.Symbol) else sympy.Symbol(name, real=True) for name in names]
+
+
+def symbolic_formula(
+    model: MultKAN,
+    var_names: Sequence[str | sympy.Symbol] | None = None,
+    *,
+    numeric_edges: str = "raise",
+    simplify: bool = False,
+) -> list[sympy.Expr]:
+    """Build one sympy expression per output by walking the graph IR.
+
+    Every function edge contributes ``c * f(a * x + b) + d`` (symbolic) or 0
+    (zero); sums add their edges, mult nodes multiply their operands, and
+    node affines apply ``scale * v + bias``, so the expression equals the
+    forward pass up to floating-point rounding, for any arity.
+
+    Parameters
+    ----------
+    var_names : sequence of str or Symbol, optional
+        Input variables; the model's ``input_names`` by default.
+    numeric_edges : {"raise", "function"}
+        What to do with edges that are still splines: raise a
+        :class:`SymbolicError` listing them, or keep each as an unknown
+        function ``phi_l_i_j(x)``.
+    simplify : bool
+        Run ``sympy.simplify`` on each output.
+    """
+    if numeric_edges not in ("raise", "function"):
+        raise invalid_parameter("numeric_edges", "'raise' or 'function'", numeric_edges)
+
+    graph = model.to_graph()
+    symbols = _symbols(model, var_names)
+    value: dict[str, sympy.Expr] = {}
+    numeric: list[tuple[int, int, int]] = []
+    for node in nx.topological_sort(graph):
+        data = graph.nodes[node]
+        if data["kind"] == "input":
+            value[node] = symbols[data["index"]]
+            continue
+        if data["kind"] == "mult":
+            product = sympy.Mul(*(value[operand] for operand in graph.predecessors(node)))
+            value[node] = _affine(product, data)
+            continue
+
+        terms = []
+        for source in graph.predecessors(node):
+            term = _edge_expression(model, graph, source, node, value[source], numeric)
+            if term is not None:
+                terms.append(term)
+        total = sympy.Add(*terms)
+        value[node] = total if "operand_of" in data else _affine(total, data)
+
+    if numeric and numeric_edges == "raise":
+        raise SymbolicError(
+            f"{len(numeric)} edges are still splines, so the model has no closed form: {numeric[:10]}"
+            f"{' ...' if len(numeric) > 10 else ''}. Run auto_symbolic() or fix_symbolic() on them first, "
+            "or pass numeric_edges='function' to keep them as unknown functions."
+        )
+
+    outputs = sorted((d["index"], n) for n, d in graph.nodes(data=True) if d["kind"] == "output")
+    expressions = [value[node] for _, node in outputs]
+    if simplify:
+        expressions = [sympy.simplify(e) for e in expressions]
+    return expressions
+
+
+def _affine(expression: sympy.Expr, data: dict) -> sympy.Expr:
+    scale, bias = data.get("scale", 1.0), data.get("bias", 0.0)
+    if scale != 1.0:
+        expression = sympy.Float(scale) * expression
+    if bias != 0.0:
+        expression = expression + sympy.Float(bias)
+    return expression
+
+
+def _number(value: float) -> sympy.Expr:
+    """Return an exact sympy number for integers and a Float otherwise."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return sympy.Integer(int(value))
+    return sympy.Float(value)
+
+
+def _edge_expression(model, graph, source, target, argument, numeric):
+    function = graph.edges[source, target]["function"]
+    if function["type"] == "zero":
+        return None
+    if function["type"] == "spline":
+        edge = edge_id_of(graph, source, target)
+        numeric.append(tuple(edge))
+        return sympy.Function(f"phi_{edge.layer}_{edge.source}_{edge.target}")(argument)
+
+    entry = model.library[function["name"]]
+    a, b, c, d = (_number(v) for v in function["params"])
+    if entry.is_constant:
+        return c * entry.sympy_fn(argument) + d
+    return c * entry.sympy_fn(a * argument + b) + d
+
+
+@dataclass(frozen=True)
+class FormulaCheck:
+    """Agreement of a formula with data.
+
+    Attributes
+    ----------
+    rmse : float
+    r2 : float
+    finite : bool
+        Whether the formula is real and finite on every row.
+    """
+
+    rmse: float
+    r2: float
+    finite: bool
+
+
+def formula_error(expression: sympy.Expr, symbols: Sequence[sympy.Symbol], x: torch.Tensor, y: torch.Tensor) -> FormulaCheck:
+    """Evaluate ``expression`` on ``x`` (n, n_var) in float64 and compare it with ``y`` (n,) or (n, 1)."""
+    x = torch.as_tensor(x, dtype=torch.float64).cpu()
+    y = torch.as_tensor(y, dtype=torch.float64).cpu().reshape(-1)
+    function = sympy.lambdify(list(symbols), expression, modules="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        import numpy as np
+
+        with np.errstate(all="ignore"):
+            raw = function(*[x[:, i].numpy() for i in range(x.shape[1])])
+    prediction = torch.as_tensor(np.broadcast_to(np.asarray(raw), (x.shape[0],)).copy())
+    if prediction.is_complex():
+        finite = bool((prediction.imag.abs() < 1e-9).all()) and bool(torch.isfinite(prediction.real).all())
+        prediction = prediction.real
+    else:
+        prediction = prediction.to(torch.float64)
+        finite = bool(torch.isfinite(prediction).all())
+    if not finite:
+        return FormulaCheck(rmse=math.inf, r2=-math.inf, finite=False)
+    residual = prediction - y
+    rmse = float(residual.pow(2).mean().sqrt())
+    variance = float((y - y.mean()).pow(2).sum())
+    r2 = 1.0 - float(residual.pow(2).sum()) / variance if variance > 0 else (1.0 if rmse == 0 else -math.inf)
+    return FormulaCheck(rmse=rmse, r2=r2, finite=True)
+
+
+def snap_value(value: float, tolerance: float = 1e-2, max_denominator: int = 4) -> float | None:
+    """Return a simple constant near ``value``, or None.
+
+    Candidates, simplest first: integers, rationals ``p/q`` with ``q <=
+    max_denominator``, and ``p/q * pi``. A candidate ``s`` is accepted when
+    ``|value - s| <= tolerance * max(1, |s|)``.
+    """
+    if not math.isfinite(value):
+        return None
+    candidates = [float(round(value))]
+    fraction = Fraction(value).limit_denominator(max_denominator)
+    candidates.append(float(fraction))
+    pi_fraction = Fraction(value / math.pi).limit_denominator(max_denominator)
+    candidates.append(float(pi_fraction) * math.pi)
+    for candidate in candidates:
+        if abs(value - candidate) <= tolerance * max(1.0, abs(candidate)):
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class SnapResult:
+    """Outcome of :func:`snap_constants`.
+
+    Attributes
+    ----------
+    kept : list of (str, float, float)
+        ``(where, old, new)`` for each snap that was kept.
+    rejected : list of (str, float, float)
+        Snaps undone because the loss grew.
+    loss_before, loss_after : float
+        Training MSE before and after snapping.
+    """
+
+    kept: list
+    rejected: list
+    loss_before: float
+    loss_after: float
+
+
+def snap_constants(
+    model: MultKAN,
+    dataset: dict,
+    *,
+    tolerance: float = 1e-2,
+    max_denominator: int = 4,
+    refit_steps: int = 20,
+    loss_slack: float = 1e-3,
+    loss_floor: float = 1e-8,
+) -> SnapResult:
+    """Snap the parameters of symbolic edges to simple constants, refitting the rest.
+
+    Every ``a``, ``b`` and ``c`` of a symbolic edge close to a simple constant
+    (see :func:`snap_value`) is set to it and frozen, then the other
+    symbolic parameters are refitted with L-BFGS. A snap is kept only when
+    the training loss after refitting is at most ``(1 + loss_slack)`` times
+    the loss before plus ``loss_floor`` times the label variance, a level
+    below which differences are rounding and refit noise; otherwise the
+    parameters are restored. Additive constants ``d`` are left to the refit, because
+    only their sum per node appears in the formula.
+    """
+    from ..train import prepare_dataset
+
+    data = prepare_dataset(model, dataset, "mse")
+    frozen = [torch.zeros_like(layer.symbolic_affine, dtype=torch.bool) for layer in model.layers]
+    loss_before = _training_loss(model, data)
+    floor = loss_floor * float(data["train_label"].var()) + 1e-30
+    current = loss_before
+    kept, rejected = [], []
+    for position, layer in enumerate(model.layers):
+        for (i, j), name in sorted(layer.symbolic_names.items()):
+            if model.library[name].is_constant:
+                continue
+            for slot, label in ((0, "a"), (1, "b"), (2, "c")):
+                old = float(layer.symbolic_affine[i, j, slot].detach())
+                new = snap_value(old, tolerance, max_denominator)
+                if new is None or new == old:
+                    continue
+                saved = [lay.symbolic_affine.detach().clone() for lay in model.layers]
+                with torch.no_grad():
+                    layer.symbolic_affine[i, j, slot] = new
+                frozen[position][i, j, slot] = True
+                loss = _refit_symbolic(model, data, frozen, refit_steps)
+                where = f"edge {(position, i, j)} {name} {label}"
+                if loss <= current * (1 + loss_slack) + floor:
+                    kept.append((where, old, new))
+                    current = loss
+                else:
+                    frozen[position][i, j, slot] = False
+                    with torch.no_grad():
+                        for lay, values in zip(model.layers, saved):
+                            lay.symbolic_affine.copy_(values)
+                    rejected.append((where, old, new))
+    _sync_graph_params(model)
+    return SnapResult(kept, rejected, loss_before, current)
+
+
+def _training_loss(model: MultKAN, data: dict) -> float:
+    with torch.no_grad():
+        return float(torch.mean((model(data["train_input"]) - data["train_label"]) ** 2))
+
+
+def _refit_symbolic(model: MultKAN, data: dict, frozen: list[torch.Tensor], steps: int) -> float:
+    """Fit the free symbolic parameters by L-BFGS and return the training MSE."""
+    parameters = [layer.symbolic_affine for layer in model.layers]
+    masks = [(~mask).to(layer.symbolic_affine.dtype) for layer, mask in zip(model.layers, frozen)]
+    snapshot = [p.detach().clone() for p in parameters]
+    optimizer = torch.optim.LBFGS(parameters, lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    inputs, labels = data["train_input"], data["train_label"]
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.mean((model(inputs) - labels) ** 2)
+        loss.backward()
+        for parameter, mask in zip(parameters, masks):
+            parameter.grad.mul_(mask)
+        return loss
+
+    optimizer.step(closure)
+    loss = _training_loss(model, data)
+    if not math.isfinite(loss):
+        with torch.no_grad():
+            for parameter, values in zip(parameters, snapshot):
+                parameter.copy_(values)
+        loss = _training_loss(model, data)
+    return loss
+
+
+def _sync_graph_params(model: MultKAN) -> None:
+    """Copy the symbolic parameters of the layers onto the graph's edge attributes."""
+    from ..graph import graph_layers
+
+    structure = graph_layers(model.graph)
+    for position, layer in enumerate(model.layers):
+        for (i, j), name in layer.symbolic_names.items():
+            source = structure[position].nodes[i]
+            target = structure[position + 1].subnodes[j]
+            params = layer.symbolic_affine[i, j].detach().tolist()
+            model.graph.edges[source, target]["function"] = {"type": "symbolic", "name": name, "params": params}

@@ -1,0 +1,165 @@
+"""Symbolic edges on a model: fixing, auto_symbolic, formulas against the forward pass."""
+
+import math
+
+import pytest
+import sympy
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from multkan import MultKAN, SymbolicError, create_dataset
+from multkan.symbolic.formula import formula_error, snap_value
+
+
+def _forward_vs_formula(model, n_points=40, seed=0, low=-1.0, high=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    x = low + (high - low) * torch.rand(n_points, model.n_inputs, generator=generator, dtype=model.dtype)
+    expressions = model.symbolic_formula()
+    symbols = [sympy.Symbol(n, real=True) for n in model.input_names]
+    with torch.no_grad():
+        forward = model(x)
+    worst = 0.0
+    for output, expression in enumerate(expressions):
+        function = sympy.lambdify(symbols, expression, modules="numpy")
+        values = torch.as_tensor(function(*[x[:, i].numpy() for i in range(model.n_inputs)]), dtype=torch.float64)
+        worst = max(worst, float((values - forward[:, output].double()).abs().max()))
+    return worst
+
+
+def test_fix_without_fit_needs_no_data():
+    model = MultKAN([2, 4, 2], seed=0)
+    assert model.fix_symbolic((0, 0, 0), "sin", fit_params=False) is None
+    assert model.layers[0].symbolic_names[(0, 0)] == "sin"
+    assert model.layers[0].spline_mask[0, 0] == 0
+    x = torch.zeros(1, 2)
+    with torch.no_grad():
+        before = model(x)
+    assert torch.isfinite(before).all()
+
+
+def test_fix_with_fit_and_no_data_raises():
+    model = MultKAN([2, 4, 2], seed=0)
+    with pytest.raises(SymbolicError, match="pass x="):
+        model.fix_symbolic((0, 0, 0), "sin", fit_params=True)
+
+
+def test_fix_then_unfix_restores_spline():
+    model = MultKAN([2, 3, 1], seed=0)
+    x = torch.rand(20, 2)
+    with torch.no_grad():
+        before = model(x)
+    model.fix_symbolic((0, 1, 2), "x", fit_params=False)
+    model.unfix_symbolic((0, 1, 2))
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    assert model.to_graph().edges["L0:input1", "L1:sum2"]["function"] == {"type": "spline"}
+
+
+def test_clean_sine_edge_becomes_sine():
+    data = create_dataset(lambda x: torch.sin(3 * x[:, 0]), n_var=1, train_num=300, test_num=50, seed=0)
+    model = MultKAN([1, 1], grid=5, seed=0)
+    model.fit(data, steps=20, progress=False)
+    suggestions = model.suggest_symbolic((0, 0, 0), ["x", "x^2", "sin", "0"])
+    assert suggestions[0].name == "sin"
+    assert suggestions[0].r2 > 0.99
+    report = model.auto_symbolic(["x", "x^2", "sin", "0"])
+    assert [r.name for r in report] == ["sin"]
+
+
+def test_clean_edges_never_become_zero():
+    data = create_dataset(lambda x: torch.sin(3 * x[:, 0]), n_var=1, train_num=300, test_num=50, seed=0)
+    model = MultKAN([1, 1, 1], grid=5, seed=2)
+    model.fit(data, steps=20, progress=False)
+    report = model.auto_symbolic(["x", "x^2", "sin", "0"])
+    assert len(report) == 2
+    for record in report:
+        assert record.name != "0"
+        assert record.r2 > 0.98
+
+
+def test_domain_respected_for_sqrt_and_log():
+    data = create_dataset(lambda x: x[:, 0] ** 2 + 0.3 * x[:, 0], n_var=1, train_num=200, test_num=50, seed=1)
+    model = MultKAN([1, 1], grid=5, seed=0)
+    model.fit(data, steps=10, progress=False)
+    report = model.auto_symbolic(["x", "sqrt", "log"])
+    a, b, _, _ = report[0].params
+    if report[0].name in ("sqrt", "log"):
+        low, high = sorted((a * -1 + b, a * 1 + b))
+        assert low >= 0.0
+    expression = model.symbolic_formula()[0]
+    check = formula_error(expression, [sympy.Symbol("x_1", real=True)], data["train_input"], data["train_label"])
+    assert check.finite
+    with torch.no_grad():
+        assert torch.isfinite(model(data["train_input"])).all()
+
+
+@pytest.mark.parametrize("arity", [2, 3, 4, [0, [2, 3], 0], [0, [4, 2], 0]])
+def test_mult_formula_equals_forward(arity):
+    model = MultKAN([2, [0, 2], 1], mult_arity=arity, seed=0, dtype=torch.float64)
+    for layer_index, layer in enumerate(model.layers):
+        for i in range(layer.n_in):
+            for j in range(layer.n_sub):
+                model.fix_symbolic((layer_index, i, j), "x", fit_params=False)
+    assert _forward_vs_formula(model) < 1e-6
+
+
+def test_formula_with_numeric_edges_raises():
+    model = MultKAN([2, 2, 1], seed=0)
+    with pytest.raises(SymbolicError, match="still splines"):
+        model.symbolic_formula()
+    expressions = model.symbolic_formula(numeric_edges="function")
+    assert expressions[0].atoms(sympy.core.function.AppliedUndef)
+
+
+_FUNCTIONS = ["x", "x^2", "sin", "exp", "tanh", "cos", "x^3", "gaussian", "0"]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n_in=st.integers(1, 3),
+    n_sum=st.integers(0, 2),
+    arities=st.lists(st.integers(2, 4), min_size=0, max_size=2),
+    seed=st.integers(0, 10_000),
+)
+def test_random_symbolic_graphs_formula_equals_forward(n_in, n_sum, arities, seed):
+    if n_sum == 0 and not arities:
+        n_sum = 1
+    width = [n_in, [n_sum, len(arities)], 1]
+    model = MultKAN(width, mult_arity=[0, arities, 0], seed=seed, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    for layer_index, layer in enumerate(model.layers):
+        for i in range(layer.n_in):
+            for j in range(layer.n_sub):
+                name = _FUNCTIONS[int(torch.randint(len(_FUNCTIONS), (1,), generator=generator))]
+                model.fix_symbolic((layer_index, i, j), name, fit_params=False)
+                params = (torch.rand(4, generator=generator, dtype=torch.float64) - 0.5).tolist()
+                with torch.no_grad():
+                    layer.symbolic_affine[i, j] = torch.tensor(params, dtype=torch.float64)
+    assert _forward_vs_formula(model, seed=seed) < 1e-8
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(0.9998, 1.0), (-2.003, -2.0), (0.4997, 0.5), (3.1410, math.pi), (1.5705, math.pi / 2), (0.37, None)],
+)
+def test_snap_value(value, expected):
+    snapped = snap_value(value, tolerance=1e-2)
+    if expected is None:
+        assert snapped is None
+    else:
+        assert snapped == pytest.approx(expected, abs=1e-12)
+
+
+def test_snap_constants_keeps_exact_parameters():
+    data = create_dataset(lambda x: 2 * torch.sin(x[:, 0]), n_var=1, train_num=200, test_num=20, seed=0, dtype=torch.float64)
+    model = MultKAN([1, 1], seed=0, dtype=torch.float64)
+    model.fix_symbolic((0, 0, 0), "sin", fit_params=False)
+    with torch.no_grad():
+        model.layers[0].symbolic_affine[0, 0] = torch.tensor([1.004, 0.002, 1.997, 0.0], dtype=torch.float64)
+    result = model.snap_constants(data)
+    assert [where.split()[-1] for where, _, _ in result.kept] == ["a", "b", "c"]
+    assert result.loss_after < 1e-10
+    expression = model.symbolic_formula()[0]
+    x = sympy.Symbol("x_1", real=True)
+    assert sympy.simplify(expression - 2 * sympy.sin(x)).is_number
