@@ -204,6 +204,6 @@ def write_back(graph: nx.DiGraph, layers: list[MultKANLayer]) -> nx.DiGraph:
                 else:
                     data["function"] = {"type": "zero"}
         for position_out, node in enumerate(target_layer.nodes):
-            graph.nodes[node]["scale"] = float(layer.node_scale[position_out])
-            graph.nodes[node]["bias"] = float(layer.node_bias[position_out])
+            graph.nodes[node]["scale"] = float(layer.node_scale[position_out].detach())
+            graph.nodes[node]["bias"] = float(layer.node_bias[position_out].detach())
     return graph
