@@ -1,13 +1,161 @@
-"""The ``multkan`` command."""
+"""The ``multkan`` command: ``discover``, ``bench feynman`` and ``demo``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 import time
+from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+DEFAULT_EQUATION = "I.12.1"
+
+
+def _discover_data(arguments: argparse.Namespace):
+    """Return ``(dataset, variable names, true formula or None, run name)``."""
+    import torch
+
+    from .errors import InvalidParameterError
+
+    if arguments.data is not None:
+        from .tabular import read_table
+
+        if arguments.feynman is not None:
+            raise InvalidParameterError("give either a data file or --feynman, not both")
+        if arguments.target is None:
+            raise InvalidParameterError("missing --target: name the column to predict, for example --target y")
+        inputs = None if arguments.inputs is None else [name.strip() for name in arguments.inputs.split(",") if name.strip()]
+        table = read_table(arguments.data, arguments.target, inputs)
+        dataset = table.to_dataset(seed=arguments.seed)
+        dataset = {key: value.to(torch.float64) for key, value in dataset.items()}
+        return dataset, list(table.input_names), None, Path(arguments.data).stem
+
+    from .feynman import get_equation
+
+    equation = get_equation(arguments.feynman or DEFAULT_EQUATION)
+    dataset = equation.sample(n_train=arguments.samples, n_test=arguments.samples // 2, seed=arguments.seed, dtype=torch.float64)
+    return dataset, list(equation.variable_names), equation.expr, equation.id
+
+
+def _write_outputs(folder: Path, result, dataset) -> list[str]:
+    """Write the report, the network figure and the model into ``folder``; return the file names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    report = result.to_dict()
+    report_path = folder / "report.json"
+    temporary = report_path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(temporary, report_path)
+    written.append("report.json")
+
+    model = result.model
+    if model is not None:
+        figure = model.plot(dataset["train_input"].to(model.dtype), title=f"{result.method}: {result.formula}")
+        figure.savefig(folder / "network.png", dpi=120, bbox_inches="tight")
+        written.append("network.png")
+        model.save(folder / "model.safetensors")
+        written.append("model.safetensors")
+    return written
+
+
+def _discover(arguments: argparse.Namespace) -> int:
+    from .discover import discover
+    from .errors import MultKANError
+
+    try:
+        dataset, names, truth, run_name = _discover_data(arguments)
+    except MultKANError as error:
+        print(f"multkan discover: {error}", file=sys.stderr)
+        return 2
+
+    methods = tuple(m.strip() for m in arguments.methods.split(",") if m.strip())
+    try:
+        result = discover(
+            dataset, names, true_formula=truth, seed=arguments.seed, steps=arguments.steps, methods=methods, progress=not arguments.quiet
+        )
+    except MultKANError as error:
+        print(f"multkan discover: {error}", file=sys.stderr)
+        return 2
+    folder = Path(arguments.out) / run_name
+    written = _write_outputs(folder, result, dataset)
+
+    if arguments.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"formula:  {result.formula}")
+    print(f"method:   {result.method}")
+    print(f"test RMSE of the formula: {result.formula_test_rmse:.3e}")
+    if result.model_test_rmse is not None:
+        print(f"test RMSE of the best network: {result.model_test_rmse:.3e}")
+    if truth is not None:
+        print(f"true formula: {truth}   recovered exactly: {'yes' if result.exact else 'no'}")
+    print(f"time: {result.seconds:.1f} s; outputs in {folder}: {', '.join(written)}")
+    return 0
+
+
+def _bench_one(equation_id: str, seed: int, steps: int) -> dict:
+    """Run discover on one Feynman equation; a module-level function so worker processes can pickle it."""
+    import torch
+
+    from .discover import discover
+    from .feynman import get_equation
+
+    torch.set_num_threads(1)
+    equation = get_equation(equation_id)
+    start = time.perf_counter()
+    try:
+        dataset = equation.sample(n_train=1000, n_test=500, seed=seed, dtype=torch.float64)
+        result = discover(dataset, list(equation.variable_names), true_formula=equation.expr, seed=seed, steps=steps, stop_rmse=1e-9, progress=False)
+        return {
+            "id": equation.id, "n_var": equation.n_var, "formula": str(result.formula), "truth": equation.formula,
+            "method": result.method, "exact": bool(result.exact), "strict": bool(result.strict),
+            "test_rmse": result.formula_test_rmse, "seconds": time.perf_counter() - start, "error": None,
+        }
+    except Exception as error:  # noqa: BLE001 - a sweep records every failure and goes on
+        return {
+            "id": equation.id, "n_var": equation.n_var, "formula": None, "truth": equation.formula, "method": None,
+            "exact": False, "strict": False, "test_rmse": math.inf, "seconds": time.perf_counter() - start,
+            "error": f"{type(error).__name__}: {error}",
+        }
+
+
+def _bench(arguments: argparse.Namespace) -> int:
+    from .feynman import get_equation, list_equations
+
+    ids = [get_equation(i).id for i in arguments.ids.split(",")] if arguments.ids else list_equations(arguments.set)
+    rows = []
+    if arguments.ray is not None:
+        import ray
+
+        ray.init(address=arguments.ray or None)
+        remote = ray.remote(_bench_one)
+        rows = ray.get([remote.remote(i, arguments.seed, arguments.steps) for i in ids])
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        with ProcessPoolExecutor(max_workers=arguments.jobs) as pool:
+            futures = [pool.submit(_bench_one, i, arguments.seed, arguments.steps) for i in ids]
+            for future in tqdm(futures, desc="bench", disable=arguments.quiet):
+                rows.append(future.result())
+
+    recovered = sum(row["exact"] for row in rows)
+    print(f"| id | n_var | exact | method | test RMSE | seconds | formula |")
+    print(f"|---|---|---|---|---|---|---|")
+    for row in rows:
+        status = "yes" if row["exact"] else ("error" if row["error"] else "no")
+        print(f"| {row['id']} | {row['n_var']} | {status} | {row['method']} | {row['test_rmse']:.2e} | {row['seconds']:.1f} | `{row['formula'] or row['error']}` |")
+    print(f"\nexact recovery: {recovered}/{len(rows)} ({100 * recovered / max(len(rows), 1):.0f}%)")
+    if arguments.out:
+        path = Path(arguments.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
 
 
 def _demo(arguments: argparse.Namespace) -> int:
@@ -33,6 +181,40 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``multkan`` command."""
     parser = argparse.ArgumentParser(prog="multkan", description="Kolmogorov-Arnold networks with sum and mult nodes.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    discover = commands.add_parser(
+        "discover",
+        help="find a formula for data (a CSV/TSV file, a Feynman equation, or by default Feynman I.12.1, F = mu*Nn)",
+    )
+    discover.add_argument("data", nargs="?", help="CSV or TSV file with a header row")
+    discover.add_argument("--target", help="column to predict (required with a data file)")
+    discover.add_argument("--inputs", help="comma-separated input columns (default: every column but the target)")
+    discover.add_argument("--feynman", metavar="ID", help="Feynman equation id, such as I.6.20a or test_1")
+    discover.add_argument("--samples", type=int, default=1000, help="training samples drawn for a Feynman equation (default 1000)")
+    discover.add_argument("--steps", type=int, default=50, help="L-BFGS steps per training phase (default 50)")
+    discover.add_argument("--seed", type=int, default=0, help="seed of data sampling, splits and models (default 0)")
+    discover.add_argument(
+        "--methods",
+        default="power_law,additive,multiplicative,mult_node",
+        help="comma-separated methods to try, from power_law, additive, multiplicative, mult_node (default: all)",
+    )
+    discover.add_argument("--out", default="multkan-out", help="folder for report.json, network.png and model.safetensors (default multkan-out)")
+    discover.add_argument("--quiet", action="store_true", help="hide progress bars")
+    discover.add_argument("--json", action="store_true", help="print the report as JSON instead of a summary")
+    discover.set_defaults(handler=_discover)
+
+    bench = commands.add_parser("bench", help="run discover over many equations and report the exact-recovery rate")
+    bench.add_argument("suite", choices=["feynman"], help="benchmark suite")
+    bench.add_argument("--ids", help="comma-separated equation ids (default: the whole set)")
+    bench.add_argument("--set", choices=["main", "bonus"], default=None, help="restrict to the main or bonus equations")
+    bench.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="local worker processes (default: CPU count)")
+    bench.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", help="run on Ray instead: a cluster address, or none for a local Ray")
+    bench.add_argument("--steps", type=int, default=50, help="L-BFGS steps per training phase (default 50)")
+    bench.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    bench.add_argument("--out", help="JSON file for the per-equation results")
+    bench.add_argument("--quiet", action="store_true", help="hide the progress bar")
+    bench.set_defaults(handler=_bench)
+
     demo = commands.add_parser("demo", help="fit the standard example exp(sin(pi*x_1) + x_2^2) and print the test RMSE")
     demo.add_argument("--steps", type=int, default=50, help="L-BFGS steps before and after grid refinement (default 50)")
     demo.add_argument("--seed", type=int, default=0, help="seed of data and model (default 0)")

@@ -105,6 +105,14 @@ def test_constant_input_column():
         assert (layer.grid.diff(dim=1) > 0).all()
     assert history["test_loss"][-1] < 0.05
 
+    report = model.auto_symbolic()
+    from_constant_input = [r for r in report if r.edge.layer == 0 and r.edge.source == 0]
+    assert len(from_constant_input) == 3
+    for record in from_constant_input:
+        assert record.name == "0"
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+
 
 def test_classification_fit_then_refine_finite():
     generator = torch.Generator().manual_seed(0)

@@ -1,0 +1,481 @@
+"""From data to a formula: the discovery pipeline behind ``multkan discover``.
+
+The pipeline tries structure before splines and keeps every candidate
+formula it finds, then reports the simplest one whose test error is within
+a factor of the best:
+
+1. Power law: when every input is positive and the target keeps one sign,
+   ``log|y|`` is regressed on ``log x``; a near-perfect fit gives
+   ``y = C * prod x_i^p_i`` with snapped exponents and constant.
+2. Separable KANs: ``[n, 1]`` networks (a sum of one-dimensional
+   functions) fitted to ``y`` (additive separability) and, for a one-signed
+   target, to ``log|y|`` (multiplicative separability), snapped to
+   symbolic functions.
+3. MultKANs with a mult node of arity ``n`` and a small sum layer, trained
+   with sparsity, pruned, refined, snapped and refitted.
+
+Formulas are reported in the user's variables: nothing is standardised.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy
+import torch
+from tqdm.auto import tqdm
+
+from .datasets import DATASET_KEYS, check_finite
+from .errors import InvalidDataError, MultKANWarning, invalid_parameter
+from .symbolic.formula import formula_error, snap_value
+
+__all__ = ["Candidate", "DiscoveryResult", "discover", "equivalent", "snap_formula_constants"]
+
+logger = logging.getLogger(__name__)
+
+DISCOVERY_LIBRARY = ("x", "x^2", "x^3", "1/x", "1/x^2", "sqrt", "1/sqrt(x)", "exp", "log", "sin", "cos", "tanh", "arcsin", "gaussian", "0")
+
+
+@dataclass
+class Candidate:
+    """One formula found by one method.
+
+    Attributes
+    ----------
+    method : str
+    expression : sympy.Expr
+    complexity : int
+        Number of operations (``sympy.count_ops``) plus the number of symbols.
+    train_rmse, test_rmse : float
+    width : list or None
+        Architecture of the network behind it, if any.
+    """
+
+    method: str
+    expression: sympy.Expr
+    complexity: int
+    train_rmse: float
+    test_rmse: float
+    width: list | None = None
+    model: Any = field(default=None, repr=False)
+
+
+@dataclass
+class DiscoveryResult:
+    """Outcome of :func:`discover`.
+
+    Attributes
+    ----------
+    formula : sympy.Expr
+        The chosen formula, in the user's variables.
+    candidates : list of Candidate
+        The Pareto set (complexity against test RMSE), simplest first.
+    formula_test_rmse : float
+    model_test_rmse : float or None
+        Test RMSE of the best network before snapping.
+    widths_tried : list
+    seconds : float
+    true_formula : sympy.Expr or None
+    exact : bool or None
+        SRBench's criterion: the difference with the true formula
+        simplifies to a constant, or the ratio to a non-zero constant.
+    strict : bool or None
+        The difference simplifies to 0.
+    """
+
+    formula: sympy.Expr
+    candidates: list[Candidate]
+    formula_test_rmse: float
+    model_test_rmse: float | None
+    widths_tried: list
+    seconds: float
+    method: str
+    variables: list[str]
+    true_formula: sympy.Expr | None = None
+    exact: bool | None = None
+    strict: bool | None = None
+    model: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable summary."""
+        return {
+            "formula": str(self.formula),
+            "formula_latex": sympy.latex(self.formula),
+            "method": self.method,
+            "variables": self.variables,
+            "formula_test_rmse": self.formula_test_rmse,
+            "model_test_rmse": self.model_test_rmse,
+            "widths_tried": self.widths_tried,
+            "seconds": self.seconds,
+            "true_formula": None if self.true_formula is None else str(self.true_formula),
+            "exact": self.exact,
+            "strict": self.strict,
+            "candidates": [
+                {"method": c.method, "formula": str(c.expression), "complexity": c.complexity, "train_rmse": c.train_rmse, "test_rmse": c.test_rmse, "width": c.width}
+                for c in self.candidates
+            ],
+        }
+
+
+def _complexity(expression: sympy.Expr) -> int:
+    return int(sympy.count_ops(expression)) + len(expression.free_symbols)
+
+
+# Constants.
+
+def _snap_constant(value: float, tolerance: float = 1e-4) -> sympy.Expr | None:
+    """Return ``r * pi^k`` or ``r * sqrt(2 pi)^k`` with a simple rational r near ``value``."""
+    if value == 0 or not math.isfinite(value):
+        return None
+    bases = [(sympy.Integer(1), 1.0), (sympy.pi, math.pi), (1 / sympy.pi, 1 / math.pi), (sympy.pi**2, math.pi**2),
+             (1 / sympy.pi**2, 1 / math.pi**2), (sympy.sqrt(2 * sympy.pi), math.sqrt(2 * math.pi)),
+             (1 / sympy.sqrt(2 * sympy.pi), 1 / math.sqrt(2 * math.pi)), (sympy.sqrt(2), math.sqrt(2)), (1 / sympy.sqrt(2), 1 / math.sqrt(2))]
+    for symbolic, numeric in bases:
+        ratio = sympy.Rational(value / numeric).limit_denominator(12)
+        simple = ratio != 0 and abs(ratio.p) <= 60
+        if simple and abs(float(ratio) * numeric - value) <= tolerance * abs(value):
+            return ratio * symbolic
+    return None
+
+
+def snap_formula_constants(expression: sympy.Expr, tolerance: float = 1e-4) -> sympy.Expr:
+    """Replace floats in ``expression`` by simple exact constants where they are within ``tolerance`` (relative)."""
+    replacements = {}
+    for number in expression.atoms(sympy.Float):
+        value = float(number)
+        if abs(value) < 1e-7:
+            replacements[number] = sympy.Integer(0)
+            continue
+        snapped = _snap_constant(value, tolerance)
+        if snapped is not None:
+            replacements[number] = snapped
+    return expression.xreplace(replacements)
+
+
+def equivalent(found: sympy.Expr, truth: sympy.Expr) -> tuple[bool, bool]:
+    """Return ``(exact, strict)`` following SRBench's ground-truth criterion.
+
+    ``exact``: ``truth - found`` simplifies to a constant, or ``truth /
+    found`` to a non-zero constant. ``strict``: the difference is 0.
+    """
+    try:
+        difference = sympy.simplify(truth - found)
+        if difference == 0:
+            return True, True
+        if not difference.free_symbols:
+            return True, False
+        ratio = sympy.simplify(truth / found)
+        if not ratio.free_symbols and ratio != 0:
+            return True, False
+    except (TypeError, ValueError, RecursionError, ZeroDivisionError) as error:
+        logger.warning("sympy could not compare %s with %s: %s", found, truth, error)
+    return False, False
+
+
+# Data.
+
+def _prepare(dataset: dict, var_names: Sequence[str] | None) -> tuple[dict[str, torch.Tensor], list[sympy.Symbol]]:
+    missing = [key for key in DATASET_KEYS if key not in dataset]
+    if missing:
+        raise InvalidDataError(f"invalid dataset: missing keys {missing}")
+    data = {key: torch.as_tensor(dataset[key], dtype=torch.float64) for key in DATASET_KEYS}
+    for part in ("train", "test"):
+        if data[f"{part}_label"].ndim == 1:
+            data[f"{part}_label"] = data[f"{part}_label"][:, None]
+        if data[f"{part}_label"].shape[1] != 1:
+            raise InvalidDataError(f"invalid {part}_label: discover fits one target, received shape {tuple(data[f'{part}_label'].shape)}")
+    check_finite(data)
+    n_var = data["train_input"].shape[1]
+    names = [f"x_{i + 1}" for i in range(n_var)] if var_names is None else list(var_names)
+    if len(names) != n_var:
+        raise invalid_parameter("var_names", f"{n_var} names, one per input column", names)
+    return data, [sympy.Symbol(name, real=True) for name in names]
+
+
+def _evaluate(expression, symbols, data) -> tuple[float, float]:
+    train = formula_error(expression, symbols, data["train_input"], data["train_label"])
+    test = formula_error(expression, symbols, data["test_input"], data["test_label"])
+    return train.rmse, test.rmse
+
+
+# Methods.
+
+def _power_law(data, symbols) -> sympy.Expr | None:
+    x, y = data["train_input"], data["train_label"][:, 0]
+    if not bool((x > 0).all()) or not (bool((y > 0).all()) or bool((y < 0).all())):
+        return None
+    sign = 1 if float(y[0]) > 0 else -1
+    design = torch.cat([torch.log(x), torch.ones_like(y)[:, None]], dim=1)
+    solution = torch.linalg.lstsq(design, torch.log(sign * y)[:, None]).solution[:, 0]
+    residual = design @ solution - torch.log(sign * y)
+    if float(residual.abs().max()) > 1e-2:
+        return None
+
+    exponents = []
+    for value in solution[:-1].tolist():
+        snapped = snap_value(value, tolerance=2e-2, max_denominator=3)
+        exponents.append(sympy.nsimplify(snapped) if snapped is not None and snapped != 0 or abs(value) < 1e-3 else None)
+        if exponents[-1] is None and abs(value) >= 1e-3:
+            return None
+    exponents = [e if e is not None else sympy.Integer(0) for e in exponents]
+    monomial = sympy.Mul(*(s**e for s, e in zip(symbols, exponents)))
+    numeric = sympy.lambdify(symbols, monomial, modules="numpy")(*[x[:, i].numpy() for i in range(x.shape[1])])
+    constant = float(np.median(sign * y.numpy() / np.asarray(numeric, dtype=float)))
+    snapped = _snap_constant(constant, 1e-3)
+    return sign * (snapped if snapped is not None else sympy.Float(constant)) * monomial
+
+
+def _fit_kan(width, mult_arity, data, target, *, seed, lamb, steps, prune, progress):
+    from .model import MultKAN
+
+    inputs = data["train_input"]
+    low = inputs.min(dim=0).values
+    high = inputs.max(dim=0).values
+    model = MultKAN(width, grid=5, k=3, mult_arity=mult_arity, seed=seed, dtype=torch.float64, grid_range=(float(low.min()), float(high.max())))
+    dataset = {"train_input": inputs, "train_label": target[0], "test_input": data["test_input"], "test_label": target[1]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MultKANWarning)
+        model.fit(dataset, steps=steps, lamb=lamb, update_grid=True, progress=progress)
+        if prune:
+            model = model.prune(node_th=1e-2, edge_th=3e-2)
+            model.fit(dataset, steps=steps, update_grid=True, progress=progress)
+        model = model.refine(10)
+        history = model.fit(dataset, steps=steps, update_grid=False, progress=progress)
+    return model, dataset, history["test_loss"][-1]
+
+
+def _symbolic_from_kan(model, dataset, symbols, *, steps, progress):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MultKANWarning)
+        model.auto_symbolic(list(DISCOVERY_LIBRARY), selection="simplest")
+        model.fit(dataset, steps=steps, update_grid=False, progress=progress)
+        model.snap_constants(dataset)
+    expression = model.symbolic_formula([str(s) for s in symbols])[0]
+    return sympy.sympify(expression).xreplace({sympy.Symbol(str(s), real=True): s for s in symbols})
+
+
+def _run_bounded(function, arguments: tuple, seconds: float, default):
+    """Run ``function(*arguments)`` in a forked process and return ``default`` after ``seconds``.
+
+    sympy's ``simplify`` can run for minutes on expressions with many
+    floating-point constants, and a thread cannot be stopped, so the work
+    goes to a child process that is terminated when time is up.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue(maxsize=1)
+
+    def target():
+        try:
+            queue.put(function(*arguments))
+        except Exception as error:  # noqa: BLE001 - any sympy failure means "no result"
+            queue.put(error)
+
+    process = context.Process(target=target, daemon=True)
+    process.start()
+    try:
+        result = queue.get(timeout=seconds)
+    except Exception:  # noqa: BLE001 - queue.Empty on timeout
+        result = default
+    process.join(timeout=1)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    return default if isinstance(result, Exception) else result
+
+
+def _clean(expression: sympy.Expr, seconds: float = 10.0) -> sympy.Expr:
+    expression = snap_formula_constants(expression)
+    return _run_bounded(sympy.simplify, (expression,), seconds, expression)
+
+
+def _drop_constants(expression: sympy.Expr, symbols, data, slack: float = 1.5) -> sympy.Expr:
+    """Replace each float by 0 or a simple constant when the test error barely changes.
+
+    A change is kept when the training RMSE stays below ``slack`` times the
+    current one plus ``1e-6`` times the label scale, so leftovers of the fit
+    such as ``x + 2.1e-5`` become ``x``. The smallest floats are tried first.
+    """
+    scale = float(data["train_label"].abs().max())
+    current = formula_error(expression, symbols, data["train_input"], data["train_label"]).rmse
+    if not current <= 1e-3 * float(data["train_label"].std()) + 1e-12:
+        return expression
+    floats = sorted(expression.atoms(sympy.Float), key=lambda f: abs(float(f)))
+    for number in floats:
+        options = [sympy.Integer(0)]
+        snapped = _snap_constant(float(number), 1e-2)
+        if snapped is not None:
+            options.append(snapped)
+        for option in options:
+            trial = expression.xreplace({number: option})
+            error = formula_error(trial, symbols, data["train_input"], data["train_label"]).rmse
+            if error <= slack * current + 1e-6 * scale:
+                expression, current = trial, min(current, error) if error > 0 else error
+                break
+    return _clean(expression, seconds=5.0)
+
+
+def discover(
+    dataset: dict,
+    var_names: Sequence[str] | None = None,
+    *,
+    true_formula: sympy.Expr | str | None = None,
+    seed: int = 0,
+    steps: int = 50,
+    methods: Sequence[str] = ("power_law", "additive", "multiplicative", "mult_node"),
+    tolerance: float = 2.0,
+    stop_rmse: float | None = None,
+    progress: bool = True,
+) -> DiscoveryResult:
+    """Search for a closed-form formula ``y = f(x)`` that fits ``dataset``.
+
+    Parameters
+    ----------
+    dataset : dict
+        ``train_input`` (n, n_var), ``train_label`` (n,) or (n, 1),
+        ``test_input``, ``test_label``.
+    var_names : sequence of str, optional
+        Names of the input columns, used in the formula.
+    true_formula : sympy expression or str, optional
+        When known, the result says whether the formula was recovered.
+    seed : int
+        Seed of every model.
+    steps : int
+        L-BFGS steps per training phase.
+    methods : sequence of str
+        Any of ``"power_law"``, ``"additive"``, ``"multiplicative"``,
+        ``"mult_node"``.
+    tolerance : float
+        A simpler candidate is chosen when its test RMSE is at most
+        ``tolerance`` times the best one (plus ``1e-10`` times the label
+        scale).
+    stop_rmse : float, optional
+        Skip the remaining methods once a candidate's test RMSE is at most
+        ``stop_rmse`` times the largest label magnitude.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    DiscoveryResult
+    """
+    known = {"power_law", "additive", "multiplicative", "mult_node"}
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise invalid_parameter("methods", f"a subset of {sorted(known)}", list(methods))
+    start = time.perf_counter()
+    data, symbols = _prepare(dataset, var_names)
+    n_var = len(symbols)
+    candidates: list[Candidate] = []
+    widths_tried: list = []
+    model_rmse: float | None = None
+    y_train, y_test = data["train_label"], data["test_label"]
+    one_signed = bool((y_train > 0).all()) or bool((y_train < 0).all())
+
+    stages = [m for m in methods if m != "multiplicative" or one_signed]
+    bar = tqdm(stages, desc="discover", disable=not progress)
+    for method in bar:
+        bar.set_postfix_str(method)
+        try:
+            candidate = _run_method(method, data, symbols, seed=seed, steps=steps, widths_tried=widths_tried)
+        except (ArithmeticError, ValueError, RuntimeError) as error:
+            logger.warning("method %s failed: %s", method, error)
+            continue
+        if candidate is None:
+            continue
+        if candidate.model is not None and candidate.method != "power_law":
+            rmse = candidate.model[1]
+            model_rmse = rmse if model_rmse is None else min(model_rmse, rmse)
+            candidate.model = candidate.model[0]
+        candidates.append(candidate)
+        if stop_rmse is not None and candidate.test_rmse <= stop_rmse * float(y_train.abs().max()):
+            break
+    bar.close()
+
+    if not candidates:
+        raise InvalidDataError("discover found no formula: every method failed on this data. Check the data or give more samples.")
+    chosen, pareto = _choose(candidates, tolerance, float(y_train.abs().max()))
+    result = DiscoveryResult(
+        formula=chosen.expression,
+        candidates=pareto,
+        formula_test_rmse=chosen.test_rmse,
+        model_test_rmse=model_rmse,
+        widths_tried=widths_tried,
+        seconds=time.perf_counter() - start,
+        method=chosen.method,
+        variables=[str(s) for s in symbols],
+        model=_network_of(chosen, candidates),
+    )
+    if true_formula is not None:
+        truth = sympy.sympify(true_formula, locals={str(s): s for s in symbols}) if isinstance(true_formula, str) else true_formula
+        truth = truth.xreplace({sympy.Symbol(str(s)): s for s in symbols})
+        result.true_formula = truth
+        result.exact, result.strict = _run_bounded(equivalent, (chosen.expression, truth), 30.0, (False, False))
+    return result
+
+
+def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidate | None:
+    n_var = len(symbols)
+    if method == "power_law":
+        expression = _power_law(data, symbols)
+        if expression is None:
+            return None
+        train, test = _evaluate(expression, symbols, data)
+        return Candidate("power_law", expression, _complexity(expression), train, test)
+
+    if method == "additive":
+        width, arity, target = [n_var, 1], 2, (data["train_label"], data["test_label"])
+        transform = None
+    elif method == "multiplicative":
+        sign = 1.0 if float(data["train_label"][0, 0]) > 0 else -1.0
+        width, arity = [n_var, 1], 2
+        target = (torch.log(sign * data["train_label"]), torch.log(sign * data["test_label"]))
+        transform = sign
+    else:
+        if n_var < 2:
+            return None
+        width, arity, target = [n_var, [0, 1], 1], n_var, (data["train_label"], data["test_label"])
+        transform = None
+
+    widths_tried.append({"method": method, "width": width, "mult_arity": arity})
+    sparse = method == "mult_node"
+    model, dataset, rmse = _fit_kan(
+        width, arity, data, target, seed=seed, lamb=0.01 if sparse else 0.0, steps=steps, prune=sparse, progress=False
+    )
+    expression = _symbolic_from_kan(model, dataset, symbols, steps=steps, progress=False)
+    if transform is not None:
+        expression = transform * sympy.exp(expression)
+    expression = _clean(expression)
+    expression = _drop_constants(expression, symbols, data)
+    train, test = _evaluate(expression, symbols, data)
+    if not math.isfinite(test):
+        return None
+    return Candidate(method, expression, _complexity(expression), train, test, width, (model, rmse))
+
+
+def _network_of(chosen: Candidate, candidates: list[Candidate]):
+    """Return the chosen candidate's network, or else the most accurate candidate network."""
+    if chosen.model is not None:
+        return chosen.model
+    with_model = [c for c in candidates if c.model is not None]
+    return min(with_model, key=lambda c: c.test_rmse).model if with_model else None
+
+
+def _choose(candidates: list[Candidate], tolerance: float, scale: float) -> tuple[Candidate, list[Candidate]]:
+    ordered = sorted(candidates, key=lambda c: (c.complexity, c.test_rmse))
+    pareto, best_error = [], math.inf
+    for candidate in ordered:
+        if candidate.test_rmse < best_error:
+            pareto.append(candidate)
+            best_error = candidate.test_rmse
+    floor = 1e-10 * max(scale, 1e-300)
+    chosen = next(c for c in pareto if c.test_rmse <= tolerance * best_error + floor)
+    return chosen, pareto

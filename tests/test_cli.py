@@ -1,0 +1,61 @@
+"""The multkan command: discover on a Feynman equation and on files, and bad input."""
+
+import json
+
+import pytest
+
+from multkan.cli import main
+
+
+def test_discover_feynman_power_law(tmp_path, capsys):
+    status = main(["discover", "--feynman", "I.12.1", "--methods", "power_law", "--out", str(tmp_path), "--quiet"])
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "formula:  Nn*mu" in output
+    assert "recovered exactly: yes" in output
+    report = json.loads((tmp_path / "I.12.1" / "report.json").read_text())
+    assert report["exact"] is True
+    assert report["formula"] == "Nn*mu"
+
+
+@pytest.mark.slow
+def test_discover_csv_with_network_outputs(tmp_path, capsys):
+    rows = ["a,b,y"] + [f"{a},{b},{a * b}" for a in (1.0, 1.5, 2.0, 2.5, 3.0) for b in (1.0, 2.0, 3.0, 4.0)]
+    path = tmp_path / "data.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    status = main(["discover", str(path), "--target", "y", "--methods", "power_law,additive", "--steps", "5", "--out", str(out), "--quiet", "--json"])
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["formula"] == "a*b"
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["model.safetensors", "network.png", "report.json"]
+
+
+def test_discover_missing_target_column(tmp_path, capsys):
+    path = tmp_path / "data.csv"
+    path.write_text("a,b\n1,2\n3,4\n")
+    out = tmp_path / "out"
+    status = main(["discover", str(path), "--target", "y", "--out", str(out), "--quiet"])
+    assert status == 2
+    assert "y" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_discover_needs_target_with_file(tmp_path, capsys):
+    path = tmp_path / "data.csv"
+    path.write_text("a,y\n1,2\n")
+    status = main(["discover", str(path), "--out", str(tmp_path / "out")])
+    assert status == 2
+    assert "--target" in capsys.readouterr().err
+
+
+def test_discover_unknown_equation(tmp_path, capsys):
+    status = main(["discover", "--feynman", "I.99.99", "--out", str(tmp_path)])
+    assert status == 2
+    assert "I.99.99" in capsys.readouterr().err
+
+
+def test_discover_unknown_method(tmp_path, capsys):
+    status = main(["discover", "--feynman", "I.12.1", "--methods", "magic", "--out", str(tmp_path)])
+    assert status == 2
+    assert "magic" in capsys.readouterr().err
