@@ -18,12 +18,23 @@ from .train import fit
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # scikit-learn is imported only when the estimator is used, to keep `import multkan` fast.
+    if name == "KANRegressor":
+        from .sklearn import KANRegressor
+
+        return KANRegressor
+    raise AttributeError(f"module 'multkan' has no attribute {name!r}")
+
+
 __all__ = [
     "CheckpointError",
     "EdgeId",
     "GraphError",
     "InvalidDataError",
     "InvalidParameterError",
+    "KANRegressor",
     "MultKAN",
     "MultKANError",
     "MultKANWarning",

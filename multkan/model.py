@@ -181,6 +181,36 @@ class MultKAN(nn.Module):
     def _resolve_symbolic(self, name: str):
         return self.library[name].safe_torch_fn
 
+    def __getstate__(self) -> dict:
+        """Return a picklable state: symbolic functions are stored by name and re-resolved on load."""
+        from .symbolic import default_library
+
+        state = self.__dict__.copy()
+        if self._library is not None:
+            defaults = default_library()
+            custom = [name for name in self._library if name not in defaults or self._library[name] is not defaults[name]]
+            if custom:
+                raise TypeError(
+                    f"cannot pickle a MultKAN whose library has custom entries {custom}; "
+                    "use model.save(path), which stores them as sympy expressions"
+                )
+            state["_library"] = None
+        modules = dict(state["_modules"])
+        layers = []
+        for layer in modules["layers"]:
+            stripped = copy.copy(layer)
+            stripped.symbolic_functions = {}
+            stripped._groups = None
+            layers.append(stripped)
+        modules["layers"] = nn.ModuleList(layers)
+        state["_modules"] = modules
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        for layer in self.layers:
+            layer.symbolic_functions = {name: self._resolve_symbolic(name) for name in set(layer.symbolic_names.values())}
+
     @property
     def width(self) -> list:
         """Layer sizes in pykan notation, ``[n]`` or ``[n_sum, n_mult]`` per layer."""

@@ -163,3 +163,17 @@ def test_snap_constants_keeps_exact_parameters():
     expression = model.symbolic_formula()[0]
     x = sympy.Symbol("x_1", real=True)
     assert sympy.simplify(expression - 2 * sympy.sin(x)).is_number
+
+
+def test_pickle_after_symbolic_fix():
+    import pickle
+
+    model = MultKAN([2, 2, 1], seed=0)
+    model.fix_symbolic((0, 0, 1), "sin", fit_params=False)
+    model.fix_symbolic((1, 1, 0), "gaussian", fit_params=False)
+    restored = pickle.loads(pickle.dumps(model))
+    x = torch.rand(10, 2)
+    with torch.no_grad():
+        assert torch.equal(restored(x), model(x))
+    assert restored.layers[0].symbolic_names == {(0, 1): "sin"}
+    assert model.layers[0].symbolic_functions
