@@ -177,3 +177,27 @@ def test_pickle_after_symbolic_fix():
         assert torch.equal(restored(x), model(x))
     assert restored.layers[0].symbolic_names == {(0, 1): "sin"}
     assert model.layers[0].symbolic_functions
+
+
+def test_auto_symbolic_parameters_finite_on_deep_model():
+    data = create_dataset(
+        lambda x: torch.sin(x[:, 0]) * x[:, 1] + x[:, 2] ** 2 - x[:, 3], n_var=4, train_num=300, test_num=50, seed=0
+    )
+    model = MultKAN([4, 4, 4, 1], grid=20, seed=0)
+    model.fit(data, steps=5, lamb=0.01, progress=False)
+    import warnings
+
+    from multkan import MultKANWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MultKANWarning)
+        pruned = model.prune()
+    library = ["x", "x^2", "x^3", "exp", "log", "sqrt", "1/x", "sin", "tanh", "0"]
+    report = pruned.auto_symbolic(library)
+    assert report
+    for record in report:
+        assert all(math.isfinite(v) for v in record.params)
+    expressions = pruned.symbolic_formula()
+    assert len(expressions) == 1
+    with torch.no_grad():
+        assert torch.isfinite(pruned(data["train_input"])).all()
