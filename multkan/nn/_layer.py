@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..splines import bspline_basis, bspline_basis_uniform, extend_grid
+from ..splines import bspline_basis, extend_grid, knot_reciprocals
 
 __all__ = ["MultKANLayer", "BASE_FUNCTIONS"]
 
@@ -97,6 +97,7 @@ class MultKANLayer(nn.Module):
         self.node_bias = nn.Parameter(torch.zeros(n_out, dtype=coef.dtype, device=coef.device), requires_grad=affine_trainable)
         self.register_buffer("operand_index", self._operand_index(n_sub), persistent=False)
         self._groups: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._reciprocal_cache: tuple[torch.Tensor, int, list[torch.Tensor]] | None = None
 
     def _operand_index(self, n_sub: int) -> torch.Tensor:
         """Gather index of shape (n_mult, max_arity); padding points at a column of ones."""
@@ -124,12 +125,33 @@ class MultKANLayer(nn.Module):
 
     # Basis and edge values.
 
+    def knot_reciprocals(self) -> list[torch.Tensor]:
+        """Return :func:`multkan.splines.knot_reciprocals` of the grid, cached until the grid changes.
+
+        The cache is keyed on the grid tensor object and its version counter,
+        so assigning a new grid, ``.to()``, ``load_state_dict`` and in-place
+        edits all invalidate it.
+        """
+        grid = self.grid
+        if grid.requires_grad or grid.is_inference():
+            # Inference tensors have no version counter, and a grid that
+            # requires a gradient must not be cut from the graph.
+            return knot_reciprocals(grid, self.k)
+        cache = self._reciprocal_cache
+        if cache is None or cache[0] is not grid or cache[1] != grid._version:
+            with torch.no_grad():
+                cache = (grid, grid._version, knot_reciprocals(grid, self.k))
+            self._reciprocal_cache = cache
+        return cache[2]
+
     def basis(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the B-spline basis of every input, shape (batch, n_in, n_basis)."""
-        if self.uniform:
-            step = self.grid[:, 1] - self.grid[:, 0]
-            return bspline_basis_uniform(x, self.grid[:, 0], step, self.grid.shape[1], self.k)
-        return bspline_basis(x, self.grid, self.k)
+        """Return the B-spline basis of every input, shape (batch, n_in, n_basis).
+
+        Uniform grids take the general path too: with the knot spans cached,
+        it costs no more than :func:`multkan.splines.bspline_basis_uniform`,
+        which rescales ``x`` on every call.
+        """
+        return bspline_basis(x, self.grid, self.k, reciprocals=self.knot_reciprocals())
 
     def _base(self, x: torch.Tensor) -> torch.Tensor:
         return BASE_FUNCTIONS[self.base_fun](x)
@@ -201,8 +223,14 @@ class MultKANLayer(nn.Module):
         Used by the regulariser, attribution scores and plots; the forward
         pass contracts the same terms without building this tensor.
         """
-        spline = self.spline_edge_values(x)
-        values = (self.scale_base * self._base(x).unsqueeze(-1) + self.scale_sp * spline) * self.spline_mask
+        # One batched product per input: the base value is one more basis
+        # column, and the masks and scales are folded into the weights, so
+        # the (batch, n_in, n_sub) tensor is written once instead of by five
+        # elementwise passes.
+        features = torch.cat([self.basis(x), self._base(x).unsqueeze(-1)], dim=-1).transpose(0, 1)
+        weights = torch.cat([self.coef * self.scale_sp.unsqueeze(-1), self.scale_base.unsqueeze(-1)], dim=-1)
+        weights = weights * self.spline_mask.unsqueeze(-1)
+        values = torch.bmm(features, weights.transpose(1, 2)).transpose(0, 1)
         for source, target, symbolic in self.symbolic_edge_values(x):
             values = values.index_put((torch.arange(x.shape[0], device=x.device)[:, None], source, target), symbolic, accumulate=True)
         return values
@@ -217,14 +245,14 @@ class MultKANLayer(nn.Module):
             nodes = torch.cat([sums[:, : self.n_sum], products], dim=1)
         else:
             nodes = sums
-        return nodes * self.node_scale + self.node_bias
+        return torch.addcmul(self.node_bias, nodes, self.node_scale)
 
     def target_sums(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``u_j = sum_i phi_ij(x_i)`` for every target, shape (batch, n_sub)."""
         weights = self.scale_sp * self.spline_mask
         spline_weight = (self.coef * weights.unsqueeze(-1)).permute(0, 2, 1).reshape(-1, self.n_sub)
         basis = self.basis(x).reshape(x.shape[0], -1)
-        sums = basis @ spline_weight + self._base(x) @ (self.scale_base * self.spline_mask)
+        sums = torch.addmm(self._base(x) @ (self.scale_base * self.spline_mask), basis, spline_weight)
         for _, target, values in self.symbolic_edge_values(x):
             sums = sums.index_add(1, target, values)
         return sums

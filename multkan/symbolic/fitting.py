@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -849,14 +849,17 @@ def _fit_searched(functions, table, search, full, x_min, x_max, settings) -> _Ca
     """Fit functions by grid search, zoom and polish; fields (n_funcs, n_edges).
 
     The ``n_starts`` best local maxima of the coarse grid are zoomed and polished
-    separately on the search samples. The winner is the start with the highest r2
-    on all samples.
+    separately on the search samples. The polished points and the starts are then
+    scored on all samples, and the highest r2 wins. The search uses half of
+    ``max_scaled_coefficient``, so that a point allowed on the search samples is
+    almost always allowed on all samples too.
     """
     n_funcs, n_edges = len(functions), search.x.shape[0]
-    r2_grid, a_axis, b_axis = _coarse_scores(functions, table, search, x_min, x_max, settings)
-    a_start, b_start = _coarse_starts(functions, r2_grid, a_axis, b_axis, settings)
-    found = _evaluate_points(functions, table, a_start, b_start, search, x_min, x_max, settings)
-    found = _zoom(functions, table, found, search, x_min, x_max, settings)
+    strict = replace(settings, max_scaled_coefficient=0.5 * settings.max_scaled_coefficient)
+    r2_grid, a_axis, b_axis = _coarse_scores(functions, table, search, x_min, x_max, strict)
+    a_start, b_start = _coarse_starts(functions, r2_grid, a_axis, b_axis, strict)
+    found = _evaluate_points(functions, table, a_start, b_start, search, x_min, x_max, strict)
+    found = _zoom(functions, table, found, search, x_min, x_max, strict)
     if settings.polish_steps > 0:
         rows = []
         per_item = 8 * found.a.shape[-1] * search.x.shape[1]
@@ -864,38 +867,46 @@ def _fit_searched(functions, table, search, full, x_min, x_max, settings) -> _Ca
             blocks = [
                 _polish(
                     functions[f_rows], table[f_rows], _Candidate(*(field[f_rows, e_rows] for field in found.fields())),
-                    _edge_rows(search, e_rows), x_min[e_rows], x_max[e_rows], settings,
+                    _edge_rows(search, e_rows), x_min[e_rows], x_max[e_rows], strict,
                 )
                 for e_rows in edge_slices
             ]
             rows.append(_concatenate(blocks, dim=1))
         found = _concatenate(rows, dim=0)
-    if search is full:
-        scored = found
-    else:
-        scored = _evaluate_points(functions, table, found.a, found.b, full, x_min, x_max, settings)
 
-    best = _select_best(scored)
+    a = torch.cat([found.a, a_start], dim=-1)
+    b = torch.cat([found.b, b_start], dim=-1)
+    best = _select_best(_evaluate_points(functions, table, a, b, full, x_min, x_max, settings))
     lost = best.ok.logical_not() & found.ok.any(dim=-1)
-    if bool(lost.any()):
-        # Every start that was allowed on the search samples fails on all samples,
-        # so take the best point of the coarse grid scored on all samples.
-        fallback_grid, _, _ = _coarse_scores(functions, table, full, x_min, x_max, settings)
-        index = fallback_grid.reshape(n_funcs, n_edges, -1).argmax(dim=-1, keepdim=True)
-        a_grid, b_grid = (grid.flatten() for grid in torch.meshgrid(a_axis, b_axis, indexing="ij"))
-        fallback = _evaluate_points(functions, table, a_grid[index], b_grid[index], full, x_min, x_max, settings)
-        best.update(_select_best(fallback), lost)
+    for k in lost.any(dim=1).nonzero().flatten().tolist():
+        # No point that was allowed on the search samples is allowed on all
+        # samples, so take the best point of the coarse grid scored on all samples.
+        rows = slice(k, k + 1)
+        grid, _, _ = _coarse_scores(functions[rows], table[rows], full, x_min, x_max, settings)
+        index = grid.reshape(1, n_edges, -1).argmax(dim=-1, keepdim=True)
+        a_grid, b_grid = (points.flatten() for points in torch.meshgrid(a_axis, b_axis, indexing="ij"))
+        fallback = _select_best(
+            _evaluate_points(functions[rows], table[rows], a_grid[index], b_grid[index], full, x_min, x_max, settings)
+        )
+        fields = [field.clone() for field in best.fields()]
+        for field, replacement in zip(fields, fallback.fields()):
+            field[k] = torch.where(lost[k], replacement[0], field[k])
+        best = _Candidate(*fields)
     return best
 
 
 def _polish(functions, table, best: _Candidate, samples: _Samples, x_min, x_max, settings) -> _Candidate:
-    """Refine ``(a, b)`` by Levenberg-Marquardt steps on the residual ``c * f(a * x + b) + d - y``.
+    """Refine ``(a, b)`` by Levenberg-Marquardt steps on the variable projection of the residual.
 
-    Each step solves ``(J^T J + damping * diag(J^T J)) delta = -J^T r`` for the four
-    parameters, with ``J = [c f'(u) x, c f'(u), f(u), 1]`` and ``u = a * x + b``. The
-    new ``(a, b)`` then get ``c`` and ``d`` in closed form. A step is kept where it
-    raises r2 and the new point is allowed. The damping shrinks tenfold after a kept
-    step and grows tenfold after a rejected one, separately per function and edge.
+    For fixed ``(a, b)`` the optimal ``c`` and ``d`` make the residual
+    ``r = c * f(a * x + b) + d - y`` orthogonal to ``1`` and ``z = f(a * x + b)``.
+    With ``u = a * x + b`` and ``P`` the projection onto the complement of
+    ``span{1, z}``, the Jacobian of ``r`` in ``(a, b)`` is approximated by
+    ``J = P [c f'(u) x, c f'(u)]`` (Kaufman's variant of variable projection). Each
+    step solves ``(J^T J + damping * diag(J^T J)) delta = -J^T r``, and the new
+    ``(a, b)`` get ``c`` and ``d`` in closed form. A step is kept where it raises r2
+    and the new point is allowed. The damping shrinks tenfold after a kept step
+    and grows tenfold after a rejected one, separately per function, edge and start.
     """
     _, values, slopes = _evaluate_with_slopes(functions, table, best.a, best.b, samples, x_min, x_max, settings)
     a_low, a_high = settings.a_range
@@ -903,27 +914,36 @@ def _polish(functions, table, best: _Candidate, samples: _Samples, x_min, x_max,
     x = samples.x[None, :, None, :]
     y = (samples.y + samples.y_mean[:, None])[None, :, None, :]
     damping = torch.full_like(best.a, 1e-3)
-    identity = torch.eye(4, dtype=torch.float64, device=x.device)
     for _ in range(settings.polish_steps):
         if slopes is None or not bool(best.ok.any()):
             break
         c = best.c[..., None]
-        jacobian = torch.stack([c * slopes * x, c * slopes, values, torch.ones_like(values)], dim=-1)
-        residual = c * values + best.d[..., None] - y
-        normal = jacobian.transpose(-1, -2) @ jacobian
-        gradient = (jacobian.transpose(-1, -2) @ residual[..., None]).squeeze(-1)
-        diagonal = torch.diagonal(normal, dim1=-2, dim2=-1)
-        scale = diagonal.amax(dim=-1, keepdim=True).clamp(min=1e-300)
-        regularised = normal + torch.diag_embed(damping[..., None] * diagonal + 1e-12 * scale)
-        finite_system = torch.isfinite(regularised).all(dim=(-2, -1)) & torch.isfinite(gradient).all(dim=-1)
-        regularised = torch.where(finite_system[..., None, None], regularised, identity)
-        gradient = torch.where(finite_system[..., None], gradient, 0.0)
-        step, info = torch.linalg.solve_ex(regularised, -gradient[..., None])
-        step = step.squeeze(-1)
-        solved = finite_system & (info == 0) & torch.isfinite(step).all(dim=-1)
+        centred = values - values.mean(dim=-1, keepdim=True)
+        norm_z = (centred * centred).sum(dim=-1, keepdim=True)
+        norm_z = torch.where(norm_z > 0, norm_z, 1.0)
 
-        a_new = (best.a + torch.where(solved, step[..., 0], 0.0)).clamp(a_low, a_high)
-        b_new = (best.b + torch.where(solved, step[..., 1], 0.0)).clamp(b_low, b_high)
+        def project(column: torch.Tensor) -> torch.Tensor:
+            column = column - column.mean(dim=-1, keepdim=True)
+            return column - (column * centred).sum(dim=-1, keepdim=True) / norm_z * centred
+
+        column_a = project(c * slopes * x)
+        column_b = project(c * slopes)
+        residual = c * values + best.d[..., None] - y
+        h_aa = (column_a * column_a).sum(dim=-1)
+        h_ab = (column_a * column_b).sum(dim=-1)
+        h_bb = (column_b * column_b).sum(dim=-1)
+        g_a = (column_a * residual).sum(dim=-1)
+        g_b = (column_b * residual).sum(dim=-1)
+        floor = 1e-12 * torch.maximum(h_aa, h_bb) + 1e-300
+        h_aa = h_aa * (1.0 + damping) + floor
+        h_bb = h_bb * (1.0 + damping) + floor
+        determinant = h_aa * h_bb - h_ab * h_ab
+        step_a = -(h_bb * g_a - h_ab * g_b) / determinant
+        step_b = -(h_aa * g_b - h_ab * g_a) / determinant
+        solved = torch.isfinite(step_a) & torch.isfinite(step_b) & (determinant > 0)
+
+        a_new = (best.a + torch.where(solved, step_a, 0.0)).clamp(a_low, a_high)
+        b_new = (best.b + torch.where(solved, step_b, 0.0)).clamp(b_low, b_high)
         trial, trial_values, trial_slopes = _evaluate_with_slopes(
             functions, table, a_new, b_new, samples, x_min, x_max, settings
         )
