@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 
 from .datasets import DATASET_KEYS, check_finite
 from .errors import InvalidDataError, MultKANWarning, invalid_parameter
-from .symbolic.formula import formula_error, snap_value
+from .symbolic.formula import _snap_constant, formula_error, simplify_constants, snap_formula_constants, snap_value
 
-__all__ = ["Candidate", "DiscoveryResult", "discover", "equivalent", "snap_formula_constants"]
+__all__ = ["Candidate", "DiscoveryResult", "discover", "equivalent"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,37 +126,6 @@ class DiscoveryResult:
 
 def _complexity(expression: sympy.Expr) -> int:
     return int(sympy.count_ops(expression)) + len(expression.free_symbols)
-
-
-# Constants.
-
-def _snap_constant(value: float, tolerance: float = 1e-4) -> sympy.Expr | None:
-    """Return ``r * pi^k`` or ``r * sqrt(2 pi)^k`` with a simple rational r near ``value``."""
-    if value == 0 or not math.isfinite(value):
-        return None
-    bases = [(sympy.Integer(1), 1.0), (sympy.pi, math.pi), (1 / sympy.pi, 1 / math.pi), (sympy.pi**2, math.pi**2),
-             (1 / sympy.pi**2, 1 / math.pi**2), (sympy.sqrt(2 * sympy.pi), math.sqrt(2 * math.pi)),
-             (1 / sympy.sqrt(2 * sympy.pi), 1 / math.sqrt(2 * math.pi)), (sympy.sqrt(2), math.sqrt(2)), (1 / sympy.sqrt(2), 1 / math.sqrt(2))]
-    for symbolic, numeric in bases:
-        ratio = sympy.Rational(value / numeric).limit_denominator(12)
-        simple = ratio != 0 and abs(ratio.p) <= 60
-        if simple and abs(float(ratio) * numeric - value) <= tolerance * abs(value):
-            return ratio * symbolic
-    return None
-
-
-def snap_formula_constants(expression: sympy.Expr, tolerance: float = 1e-4) -> sympy.Expr:
-    """Replace floats in ``expression`` by simple exact constants where they are within ``tolerance`` (relative)."""
-    replacements = {}
-    for number in expression.atoms(sympy.Float):
-        value = float(number)
-        if abs(value) < 1e-7:
-            replacements[number] = sympy.Integer(0)
-            continue
-        snapped = _snap_constant(value, tolerance)
-        if snapped is not None:
-            replacements[number] = snapped
-    return expression.xreplace(replacements)
 
 
 def equivalent(found: sympy.Expr, truth: sympy.Expr) -> tuple[bool, bool]:
@@ -297,32 +266,6 @@ def _clean(expression: sympy.Expr, seconds: float = 10.0) -> sympy.Expr:
     return _run_bounded(sympy.simplify, (expression,), seconds, expression)
 
 
-def _drop_constants(expression: sympy.Expr, symbols, data, slack: float = 1.5) -> sympy.Expr:
-    """Replace each float by 0 or a simple constant when the test error barely changes.
-
-    A change is kept when the training RMSE stays below ``slack`` times the
-    current one plus ``1e-6`` times the label scale, so leftovers of the fit
-    such as ``x + 2.1e-5`` become ``x``. The smallest floats are tried first.
-    """
-    scale = float(data["train_label"].abs().max())
-    current = formula_error(expression, symbols, data["train_input"], data["train_label"]).rmse
-    if not current <= 1e-3 * float(data["train_label"].std()) + 1e-12:
-        return expression
-    floats = sorted(expression.atoms(sympy.Float), key=lambda f: abs(float(f)))
-    for number in floats:
-        options = [sympy.Integer(0)]
-        snapped = _snap_constant(float(number), 1e-2)
-        if snapped is not None:
-            options.append(snapped)
-        for option in options:
-            trial = expression.xreplace({number: option})
-            error = formula_error(trial, symbols, data["train_input"], data["train_label"]).rmse
-            if error <= slack * current + 1e-6 * scale:
-                expression, current = trial, min(current, error) if error > 0 else error
-                break
-    return _clean(expression, seconds=5.0)
-
-
 def discover(
     dataset: dict,
     var_names: Sequence[str] | None = None,
@@ -454,7 +397,7 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidat
     if transform is not None:
         expression = transform * sympy.exp(expression)
     expression = _clean(expression)
-    expression = _drop_constants(expression, symbols, data)
+    expression = _clean(simplify_constants(expression, symbols, data["train_input"], data["train_label"]), seconds=5.0)
     train, test = _evaluate(expression, symbols, data)
     if not math.isfinite(test):
         return None

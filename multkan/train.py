@@ -37,7 +37,9 @@ def regularization(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the model output on ``x`` and the sparsity regulariser.
 
-    For each layer with edge magnitudes ``m_ij = mean_b |phi_ij(x_b)|``:
+    For each layer with edge magnitudes ``m_ij = std_b(phi_ij(x_b)) /
+    (std_b(x_{b,i}) + 0.1)``, the spread of an edge's output relative to the
+    spread of its input (a constant offset costs nothing):
 
     ``R = sum_layers (lamb_l1 sum_ij m_ij + lamb_entropy S(p))``, with
     ``p = m / sum(m)`` and ``S(p) = -sum_ij p_ij log p_ij``, plus
@@ -55,7 +57,7 @@ def regularization(
     reg = torch.zeros((), dtype=x.dtype, device=x.device)
     for layer in model.layers:
         edges = layer.edge_values(values)
-        magnitude = edges.abs().mean(dim=0)
+        magnitude = edges.std(dim=0) / (values.std(dim=0) + 0.1)[:, None]
         total = magnitude.sum()
         p = magnitude / (total + 1e-12)
         entropy = -(p * torch.log(p + 1e-12)).sum()

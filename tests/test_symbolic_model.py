@@ -201,3 +201,51 @@ def test_auto_symbolic_parameters_finite_on_deep_model():
     assert len(expressions) == 1
     with torch.no_grad():
         assert torch.isfinite(pruned(data["train_input"])).all()
+
+
+def _standard_function(x):
+    return torch.exp(torch.sin(math.pi * x[:, 0]) + x[:, 1] ** 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_standard_example_recovers_formula(seed):
+    import warnings
+
+    from multkan import MultKANWarning
+    from multkan.symbolic.formula import simplify_constants, snap_formula_constants
+
+    data = create_dataset(_standard_function, n_var=2, train_num=1000, test_num=1000, seed=0)
+    model = MultKAN([2, 5, 1], grid=5, k=3, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MultKANWarning)
+        for _ in range(3):
+            model.fit(data, steps=50, lamb=0.01, progress=False)
+            model = model.prune()
+            if model.width[1] == 1:
+                break
+    assert model.width == [2, 1, 1]
+
+    model = model.refine(10)
+    model.fit(data, steps=50, progress=False)
+    report = model.auto_symbolic(selection="simplest")
+    assert sorted(r.name for r in report) == ["exp", "sin", "x^2"]
+    model.fit(data, steps=20, update_grid=False, progress=False)
+    model.snap_constants(data)
+
+    x_1, x_2 = sympy.symbols("x_1 x_2", real=True)
+    expression = snap_formula_constants(model.symbolic_formula()[0])
+    expression = simplify_constants(expression, [x_1, x_2], data["train_input"], data["train_label"])
+    truth = sympy.exp(sympy.sin(sympy.pi * x_1) + x_2**2)
+    assert sympy.simplify(expression - truth) == 0
+
+
+def test_simplify_constants_refits_and_snaps():
+    x = torch.rand(200, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.5
+    y = 3 * torch.exp(2 * x[:, 0])
+    symbol = sympy.Symbol("x", real=True)
+    noisy = sympy.Float(2.9993) * sympy.exp(sympy.Float(2.0004) * symbol) + sympy.Float(0.0012)
+    from multkan.symbolic.formula import simplify_constants
+
+    cleaned = simplify_constants(noisy, [symbol], x, y)
+    assert sympy.simplify(cleaned - 3 * sympy.exp(2 * symbol)) == 0

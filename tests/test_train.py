@@ -214,8 +214,20 @@ def test_regularisation_closed_form_for_single_edge():
     model = MultKAN([1, 1], seed=0, dtype=torch.float64)
     x = torch.linspace(-1, 1, 11, dtype=torch.float64)[:, None]
     _, reg = regularization(model, x, lamb_l1=1.0, lamb_entropy=2.0)
-    magnitude = model.activations(x)[0]["edges"].abs().mean()
-    assert float(reg.detach()) == pytest.approx(float(magnitude.detach()), rel=1e-9)
+    edge = model.activations(x)[0]["edges"][:, 0, 0].detach()
+    magnitude = edge.std() / (x[:, 0].std() + 0.1)
+    assert float(reg.detach()) == pytest.approx(float(magnitude), rel=1e-9)
+
+
+def test_regularisation_ignores_constant_offset():
+    model = MultKAN([1, 1], seed=0, dtype=torch.float64)
+    model.fix_symbolic((0, 0, 0), "x", fit_params=False)
+    x = torch.linspace(-1, 1, 11, dtype=torch.float64)[:, None]
+    _, before = regularization(model, x)
+    with torch.no_grad():
+        model.layers[0].symbolic_affine[0, 0, 3] = 5.0
+    _, after = regularization(model, x)
+    assert float(after.detach()) == pytest.approx(float(before.detach()), rel=1e-12)
 
 
 def test_same_seed_same_training():

@@ -8,9 +8,9 @@ squares on ``z = f(a * x + b)``::
 
 so the coefficient of determination of the fit is the squared correlation of ``z``
 and ``y``. :func:`fit_affine` searches ``(a, b)`` on a coarse grid, zooms in around
-the best point, and polishes with Levenberg-Marquardt steps, all at once for every
-edge. :func:`rank_candidates` turns the fits into a ranking that trades accuracy
-against complexity.
+its best local maxima and polishes them with Levenberg-Marquardt steps, for every
+edge at once. :func:`rank_candidates` turns the fits into a ranking that trades
+accuracy against complexity.
 """
 
 from __future__ import annotations
@@ -237,8 +237,8 @@ def fit_affine(
     b_range: tuple[float, float] = (-10.0, 10.0),
     grid_number: int = 21,
     zoom_number: int = 7,
-    zoom_steps: int = 2,
-    polish_steps: int = 6,
+    zoom_steps: int = 1,
+    polish_steps: int = 16,
     n_starts: int = 3,
     search_samples: int = 128,
     domain_margin: float = 1e-3,
@@ -257,7 +257,8 @@ def fit_affine(
        centred on the best point so far and spanning one step of the previous grid
        on each side.
     3. For each start, ``polish_steps`` Levenberg-Marquardt steps on the search
-       samples. A step is kept only where it raises r2 and keeps the point allowed.
+       samples, in ``(a, b)`` with ``c`` and ``d`` eliminated (variable projection).
+       A step is kept only where it raises r2 and keeps the point allowed.
     4. The start with the highest r2 on all samples wins. If no start that was
        allowed on the search samples is allowed on all samples, the best coarse
        grid point scored on all samples is used.
@@ -276,7 +277,8 @@ def fit_affine(
     * with ``s = max|y - mean(y)|``, both ``|c| / s`` and ``|c| * max|f(a * x + b)| / s``
       are at most ``max_scaled_coefficient``. This rejects fits where ``c * f`` has a
       large constant part that ``d`` cancels. It also bounds ``|d - mean(y)| / s``
-      by ``1 + max_scaled_coefficient``.
+      by ``1 + max_scaled_coefficient``. Steps 1 to 3 use half of the bound, so that
+      a point allowed on the search samples almost always passes on all samples.
 
     ``a`` stays in ``a_range`` and ``b`` in ``b_range``.
 
@@ -306,7 +308,7 @@ def fit_affine(
     domain_margin : float
         Relative distance kept from open domain ends, in ``[0, 1)``.
     max_scaled_coefficient : float
-        Bound on ``c`` in units of the spread of ``y``, see above.
+        Bound on ``c`` and ``c * f`` in units of the spread of ``y``, see above.
 
     Returns
     -------
@@ -368,7 +370,7 @@ def fit_affine(
         table = _DomainTable.build([function.domain for function in group], x64.device)
         parts.append((searched, _fit_searched(group, table, search, full, x_min, x_max, settings)))
 
-    # Put the rows back in library order; each field becomes (n_edges, n_funcs).
+    # Put the rows back in library order. Each field becomes (n_edges, n_funcs).
     position = torch.tensor([k for indices, _ in parts for k in indices], device=x64.device)
     inverse = torch.argsort(position)
     a, b, c, d, r2, valid = (
@@ -401,7 +403,7 @@ def fit_affine(
     if bool(no_candidate.any()):
         edges = no_candidate.nonzero().flatten().tolist()
         warnings.warn(
-            f"no symbolic candidate is valid for edges {edges}; add '0' or 'x' to the library, "
+            f"no symbolic candidate is valid for edges {edges}. Add '0' or 'x' to the library, "
             "or widen a_range and b_range",
             SymbolicFitWarning,
             stacklevel=2,
@@ -428,11 +430,12 @@ def rank_candidates(
     penalty grows with ``k`` but stays below 2, which is ``-log10(1 - 0.99)``.
     Candidates that are invalid or have ``r2 < r2_threshold`` get ``+inf``.
 
-    Guarantee: if an edge's ``y`` is not constant and some non-constant candidate
-    has ``r2 > 0.99``, no constant candidate such as ``0`` ranks first, for every
-    ``weight_simple`` in ``[0, 1)``. A constant candidate has ``r2 = 0`` on such an
-    edge, so its score is at least 0. The good candidate scores below
-    ``-2 + 2 * weight_simple``, which is negative.
+    Guarantee for fits from :func:`fit_affine`: on an edge where a non-constant
+    candidate has ``r2 > 0.99``, no constant candidate such as ``0`` ranks first,
+    for every ``weight_simple`` in ``[0, 1)``. Such an r2 means that ``y`` is not
+    constant, because on a constant ``y`` non-constant candidates get r2 = 0. So the
+    constant candidates have r2 = 0 and a score of at least 0, while the good
+    candidate scores below ``-2 + 2 * weight_simple``, which is negative.
 
     Parameters
     ----------
@@ -456,7 +459,7 @@ def rank_candidates(
     if not 0.0 <= float(weight_simple) < 1.0:
         raise invalid_parameter("weight_simple", "a number in [0, 1)", weight_simple)
     if math.isnan(float(r2_threshold)):
-        raise invalid_parameter("r2_threshold", "a number, at most 1", r2_threshold)
+        raise invalid_parameter("r2_threshold", "a number", r2_threshold)
     if not float(complexity_scale) > 0.0:
         raise invalid_parameter("complexity_scale", "a number > 0", complexity_scale)
 
@@ -484,17 +487,19 @@ def _check_samples(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torc
     y = torch.as_tensor(y, device=x.device)
     if x.shape != y.shape or x.ndim != 2:
         raise InvalidDataError(
-            f"x and y must both have shape (n_edges, n_samples), received {tuple(x.shape)} and {tuple(y.shape)}; "
-            "add a leading axis with x[None] for a single edge"
+            f"x and y must both have shape (n_edges, n_samples), received {tuple(x.shape)} and {tuple(y.shape)}. "
+            "Add a leading axis with x[None] for a single edge"
         )
     if x.shape[0] == 0 or x.shape[1] == 0:
-        raise InvalidDataError(f"x and y must contain at least one edge and one sample, received shape {tuple(x.shape)}")
+        raise InvalidDataError(
+            f"x and y must contain at least one edge and one sample, received shape {tuple(x.shape)}"
+        )
     for name, values in (("x", x), ("y", y)):
         if values.is_complex() or values.dtype == torch.bool:
             raise InvalidDataError(f"{name} must be real numbers, received dtype {values.dtype}")
         if values.is_floating_point() and not bool(torch.isfinite(values).all()):
             bad = (~torch.isfinite(values)).nonzero()[0].tolist()
-            raise InvalidDataError(f"{name} contains NaN or inf, first at index {bad}; remove or clip those samples")
+            raise InvalidDataError(f"{name} contains NaN or inf, first at index {bad}. Remove or clip those samples")
     return x, y
 
 
@@ -591,7 +596,9 @@ def _search_subset(x: torch.Tensor, y: torch.Tensor, count: int) -> _Samples:
     return _centred_samples(x.gather(1, picked), y.gather(1, picked))
 
 
-def _fixed_points(settings: _SearchSettings, x_min: torch.Tensor, x_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _fixed_points(
+    settings: _SearchSettings, x_min: torch.Tensor, x_max: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(a, b)`` of shape (n_edges, 2) for the identity and constant functions.
 
     The first point is ``(1, 0)`` where the ranges allow, so that ``f = x`` reads as
@@ -694,8 +701,8 @@ def _evaluate_block(functions, table, a, b, samples, x_min, x_max, settings) -> 
             arguments = torch.baddbmm(b[k, ..., None], a[k, ..., None], samples.x[:, None, :])
         with torch.no_grad():
             values = function.torch_fn(arguments).to(torch.float64)
-        # Overwrite only a tensor that shares no memory with the arguments.
-        own = values.untyped_storage().data_ptr() != arguments.untyped_storage().data_ptr()
+        # Overwrite only a dense tensor that shares no memory with the arguments.
+        own = values.is_contiguous() and values.untyped_storage().data_ptr() != arguments.untyped_storage().data_ptr()
         statistics.append(_moments(values, samples.y[:, None, :], overwrite=own))
     moments = tuple(torch.stack(column) for column in zip(*statistics))
     sum_yy = (samples.y * samples.y).sum(dim=-1)[None, :, None]
@@ -714,12 +721,14 @@ def _closed_form(a, b, moments, allowed, y_mean, sum_yy, n_samples, settings) ->
     usable = finite & flat.logical_not()
     safe_zz = torch.where(usable, sum_zz, 1.0)
     c = torch.where(usable, sum_zy / safe_zz, 0.0)
+    # r2 = sum_zy^2 / (sum_zz * sum_yy), written as c * sum_zy / sum_yy so that no
+    # intermediate overflows for large z.
     has_variance = sum_yy > 0
-    r2 = torch.where(usable & has_variance, sum_zy**2 / (safe_zz * torch.where(has_variance, sum_yy, 1.0)), 0.0)
+    r2 = torch.where(usable & has_variance, c * sum_zy / torch.where(has_variance, sum_yy, 1.0), 0.0)
     d = y_mean - c * torch.where(finite, mean_z, 0.0)
 
     limit = settings.max_scaled_coefficient
-    ok = allowed & finite & (c.abs() <= limit) & (c.abs() * max_abs_z <= limit)
+    ok = allowed & finite & torch.isfinite(r2) & (c.abs() <= limit) & (c.abs() * max_abs_z <= limit)
     return _Candidate(
         a, b, torch.where(ok, c, 0.0), torch.where(ok, d, 0.0), torch.where(ok, r2.clamp(0.0, 1.0), -math.inf), ok
     )
@@ -742,7 +751,7 @@ def _moments(values: torch.Tensor, y: torch.Tensor, overwrite: bool = False) -> 
 
 
 def _select_best(candidate: _Candidate) -> _Candidate:
-    """Keep the point with the highest r2 per function and edge; ties go to the first point."""
+    """Keep the point with the highest r2 along the last axis. Ties go to the first point."""
     return candidate.take(candidate.r2.argmax(dim=-1, keepdim=True))
 
 
@@ -754,8 +763,10 @@ def _grid_axis(low: float, high: float, count: int, device: torch.device) -> tor
     return axis
 
 
-def _coarse_scores(functions, table, samples, x_min, x_max, settings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Score the coarse grid; returns r2 of shape (n_funcs, n_edges, n, n) and the a and b axes.
+def _coarse_scores(
+    functions, table, samples, x_min, x_max, settings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score the coarse grid and return r2 of shape (n_funcs, n_edges, n, n) with the a and b axes.
 
     For an even or odd ``f`` with a symmetric domain, ``(a, b)`` and ``(-a, -b)``
     give the same r2, because the sign of an odd ``f`` goes into ``c``. On a grid
@@ -796,15 +807,14 @@ def _is_mirrored(function: SymbolicFunction, settings: _SearchSettings) -> bool:
 
 
 def _coarse_starts(functions, r2, a_axis, b_axis, settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick the ``n_starts`` best local maxima of the coarse r2 grid; returns ``a, b: (n_funcs, n_edges, n_starts)``.
+    """Return ``a, b: (n_funcs, n_edges, n_starts)`` at the best local maxima of the coarse r2 grid.
 
     A local maximum is a finite r2 that no grid neighbour, diagonals included,
     exceeds. Of a mirrored pair only the point in the scored half counts. Rows with
     fewer local maxima fill up with the best other grid points.
     """
     n_funcs, n_edges, size, _ = r2.shape
-    import os; _w = int(os.environ.get("NMSW", "3"))
-    pooled = torch.nn.functional.max_pool2d(r2.reshape(-1, 1, size, size), _w, stride=1, padding=_w // 2)
+    pooled = torch.nn.functional.max_pool2d(r2.reshape(-1, 1, size, size), 3, stride=1, padding=1)
     is_peak = (r2 == pooled.reshape(r2.shape)) & torch.isfinite(r2)
     a_grid, b_grid = torch.meshgrid(a_axis, b_axis, indexing="ij")
     in_half = (a_grid > 0) | ((a_grid == 0) & (b_grid >= 0))
@@ -846,7 +856,7 @@ def _zoom(functions, table, best: _Candidate, samples, x_min, x_max, settings) -
 
 
 def _fit_searched(functions, table, search, full, x_min, x_max, settings) -> _Candidate:
-    """Fit functions by grid search, zoom and polish; fields (n_funcs, n_edges).
+    """Fit functions by grid search, zoom and polish, and return fields of shape (n_funcs, n_edges).
 
     The ``n_starts`` best local maxima of the coarse grid are zoomed and polished
     separately on the search samples. The polished points and the starts are then

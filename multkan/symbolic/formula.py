@@ -19,7 +19,16 @@ from ..graph import edge_id_of
 if TYPE_CHECKING:
     from ..model import MultKAN
 
-__all__ = ["symbolic_formula", "formula_error", "snap_constants", "snap_value", "FormulaCheck", "SnapResult"]
+__all__ = [
+    "FormulaCheck",
+    "SnapResult",
+    "formula_error",
+    "simplify_constants",
+    "snap_constants",
+    "snap_formula_constants",
+    "snap_value",
+    "symbolic_formula",
+]
 
 
 def _symbols(model: MultKAN, var_names: Sequence[str | sympy.Symbol] | None) -> list[sympy.Symbol]:
@@ -217,7 +226,7 @@ def snap_constants(
     max_denominator: int = 4,
     refit_steps: int = 20,
     loss_slack: float = 1e-3,
-    loss_floor: float = 1e-8,
+    loss_floor: float | None = None,
 ) -> SnapResult:
     """Snap the parameters of symbolic edges to simple constants, refitting the rest.
 
@@ -226,7 +235,8 @@ def snap_constants(
     symbolic parameters are refitted with L-BFGS. A snap is kept only when
     the training loss after refitting is at most ``(1 + loss_slack)`` times
     the loss before plus ``loss_floor`` times the label variance, a level
-    below which differences are rounding and refit noise; otherwise the
+    below which differences are rounding and refit noise (by default
+    ``1e-6`` for float32 models and ``1e-10`` for float64); otherwise the
     parameters are restored. Additive constants ``d`` are left to the refit, because
     only their sum per node appears in the formula.
     """
@@ -235,6 +245,8 @@ def snap_constants(
     data = prepare_dataset(model, dataset, "mse")
     frozen = [torch.zeros_like(layer.symbolic_affine, dtype=torch.bool) for layer in model.layers]
     loss_before = _training_loss(model, data)
+    if loss_floor is None:
+        loss_floor = 1e-6 if model.dtype == torch.float32 else 1e-10
     floor = loss_floor * float(data["train_label"].var()) + 1e-30
     current = loss_before
     kept, rejected = [], []
@@ -308,3 +320,119 @@ def _sync_graph_params(model: MultKAN) -> None:
             target = structure[position + 1].subnodes[j]
             params = layer.symbolic_affine[i, j].detach().tolist()
             model.graph.edges[source, target]["function"] = {"type": "symbolic", "name": name, "params": params}
+
+
+def _snap_constant(value: float, tolerance: float = 1e-4) -> sympy.Expr | None:
+    """Return ``r * pi^k`` or ``r * sqrt(2 pi)^k`` with a simple rational r near ``value``."""
+    if value == 0 or not math.isfinite(value):
+        return None
+    bases = [(sympy.Integer(1), 1.0), (sympy.pi, math.pi), (1 / sympy.pi, 1 / math.pi), (sympy.pi**2, math.pi**2),
+             (1 / sympy.pi**2, 1 / math.pi**2), (sympy.sqrt(2 * sympy.pi), math.sqrt(2 * math.pi)),
+             (1 / sympy.sqrt(2 * sympy.pi), 1 / math.sqrt(2 * math.pi)), (sympy.sqrt(2), math.sqrt(2)), (1 / sympy.sqrt(2), 1 / math.sqrt(2))]
+    for symbolic, numeric in bases:
+        ratio = sympy.Rational(value / numeric).limit_denominator(12)
+        simple = ratio != 0 and (abs(ratio.p) <= 60 if numeric == 1.0 else abs(ratio.p) <= 12)
+        if simple and abs(float(ratio) * numeric - value) <= tolerance * abs(value):
+            return ratio * symbolic
+    return None
+
+
+def snap_formula_constants(expression: sympy.Expr, tolerance: float = 1e-4) -> sympy.Expr:
+    """Replace floats in ``expression`` by simple exact constants where they are within ``tolerance`` (relative)."""
+    replacements = {}
+    for number in expression.atoms(sympy.Float):
+        value = float(number)
+        if abs(value) < 1e-7:
+            replacements[number] = sympy.Integer(0)
+            continue
+        snapped = _snap_constant(value, tolerance)
+        if snapped is not None:
+            replacements[number] = snapped
+    return expression.xreplace(replacements)
+
+
+def _parameterise(expression: sympy.Expr) -> tuple[sympy.Expr, list[sympy.Symbol], list[float]]:
+    """Replace every float of ``expression`` by a parameter symbol ``theta_i``."""
+    floats = sorted(expression.atoms(sympy.Float), key=lambda f: abs(float(f)))
+    thetas = [sympy.Symbol(f"theta_{i}") for i in range(len(floats))]
+    return expression.xreplace(dict(zip(floats, thetas))), thetas, [float(f) for f in floats]
+
+
+def _fit_parameters(function, x_columns, y, values, free, bounds_scale=None):
+    """Least-squares fit of the free parameters; returns (values, rmse)."""
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    values = np.array(values, dtype=float)
+    free_index = [i for i, is_free in enumerate(free) if is_free]
+
+    def residual(theta_free):
+        full = values.copy()
+        full[free_index] = theta_free
+        with np.errstate(all="ignore"):
+            prediction = np.asarray(function(*x_columns, *full), dtype=float)
+        result = np.broadcast_to(prediction, y.shape) - y
+        return np.where(np.isfinite(result), result, 1e6)
+
+    if free_index:
+        try:
+            solution = least_squares(residual, values[free_index], method="lm", max_nfev=200 * (len(free_index) + 1))
+            values[free_index] = solution.x
+        except (ValueError, np.linalg.LinAlgError):
+            pass
+    rmse = float(np.sqrt(np.mean(residual(values[free_index]) ** 2)))
+    return values, rmse
+
+
+def simplify_constants(expression: sympy.Expr, symbols, x: torch.Tensor, y: torch.Tensor, *, slack: float = 1.5) -> sympy.Expr:
+    """Refit the float constants of a formula on data, then snap them to simple values.
+
+    Every float becomes a parameter, fitted by Levenberg-Marquardt least
+    squares on ``x`` (n, n_var) and ``y`` (n,) or (n, 1). Then, smallest
+    first, each parameter is set to 0 or to the nearest simple constant (a
+    small integer, a simple rational, a rational multiple of pi, see
+    :func:`snap_formula_constants`), the other parameters are refitted, and
+    the change is kept when the RMSE stays below ``slack`` times the
+    refitted RMSE plus ``1e-6`` times the label scale. Formulas whose RMSE
+    exceeds ``1e-3`` times the label standard deviation are returned
+    unchanged, because their constants carry no reliable meaning.
+    """
+    import numpy as np
+
+    y = torch.as_tensor(y, dtype=torch.float64).reshape(-1).cpu().numpy()
+    x = torch.as_tensor(x, dtype=torch.float64).cpu().numpy()
+    template, thetas, values = _parameterise(expression)
+    if not thetas:
+        return expression
+    function = sympy.lambdify(list(symbols) + thetas, template, modules="numpy")
+    columns = [x[:, i] for i in range(x.shape[1])]
+    free = [True] * len(thetas)
+    values, baseline = _fit_parameters(function, columns, y, values, free)
+    scale = float(np.abs(y).max())
+    if not baseline <= 1e-3 * float(y.std()) + 1e-12:
+        return expression
+
+    limit = slack * baseline + 1e-6 * scale
+    for index in range(len(thetas)):
+        options = [0.0]
+        snapped = _snap_constant(float(values[index]), 1e-2)
+        if snapped is not None:
+            options.append(float(snapped))
+        for option in options:
+            trial_values = values.copy()
+            trial_values[index] = option
+            trial_free = list(free)
+            trial_free[index] = False
+            fitted, error = _fit_parameters(function, columns, y, trial_values, trial_free)
+            if error <= limit:
+                values, free = fitted, trial_free
+                break
+
+    replacements = {}
+    for theta, value, is_free in zip(thetas, values, free):
+        if is_free:
+            replacements[theta] = sympy.Float(value)
+        else:
+            exact = sympy.Integer(0) if value == 0 else _snap_constant(value, 1e-12)
+            replacements[theta] = exact if exact is not None else sympy.Float(value)
+    return template.xreplace(replacements)

@@ -19,7 +19,7 @@ import torch
 from sympy.calculus.util import continuous_domain
 from sympy.printing.codeprinter import PrintMethodNotImplementedError
 
-from multkan.errors import InvalidParameterError, SymbolicError, invalid_parameter
+from multkan.errors import SymbolicError, invalid_parameter
 
 __all__ = [
     "SAFE_EPS",
@@ -135,8 +135,8 @@ class Domain:
                     if outer.low < point < outer.high:
                         return cls(outer.low, outer.high, outer.low_open, outer.high_open, point)
         raise SymbolicError(
-            f"cannot represent the real set {real_set} as an interval with at most one point removed; "
-            "pass domain=Domain(low, high, low_open, high_open, excluded) explicitly"
+            f"cannot represent the real set {real_set} as an interval with at most one point removed. "
+            "Pass domain=Domain(low, high, low_open, high_open, excluded) explicitly"
         )
 
     def to_sympy_set(self) -> sympy.Set:
@@ -247,7 +247,9 @@ class SymbolicFunction:
         Elementwise ``f`` on tensors, ``(any shape) -> (same shape)``. It may return
         NaN or inf outside ``domain``.
     sympy_fn : callable
-        ``f`` on sympy expressions, ``sympy.Expr -> sympy.Expr``.
+        ``f`` on sympy expressions, ``sympy.Expr -> sympy.Expr``. The fitting reads it
+        to detect constant, identity, even and odd functions, so it must describe
+        the same ``f`` as ``torch_fn``.
     domain : Domain
         Real arguments where ``f`` is real and finite.
     complexity : int
@@ -295,10 +297,10 @@ class SymbolicFunction:
         """Build an entry from a sympy expression in one symbol.
 
         The torch function comes from ``sympy.lambdify(symbol, expr, modules="torch")``.
-        When the torch printer does not support a function of ``expr`` (sympy 1.14 has
-        no torch name for ``sec``, ``cot`` and others), the entry evaluates ``expr``
-        with numpy on the CPU and differentiates it through ``sympy.diff(expr, symbol)``,
-        so autograd still works to first order.
+        The torch printer of sympy 1.14 has no torch name for ``sec``, ``cot`` and some
+        other functions. For such an ``expr`` the entry evaluates ``expr`` with numpy on
+        the CPU and takes the backward pass from ``sympy.diff(expr, symbol)``, so
+        autograd still works to first order.
 
         Parameters
         ----------
@@ -322,8 +324,9 @@ class SymbolicFunction:
             When ``expr`` has a free symbol other than ``symbol``.
         SymbolicError
             When the domain cannot be derived or represented, or when the torch
-            function returns NaN at a point of the domain in ``[-10, 10]``. Pass
-            ``domain=`` explicitly in both cases.
+            function returns NaN at a point of the derived domain in ``[-10, 10]``.
+            Pass ``domain=`` explicitly in both cases. An explicit domain is not
+            probed.
         """
         if not isinstance(symbol, sympy.Symbol):
             raise invalid_parameter("symbol", "a sympy.Symbol", symbol)
@@ -331,25 +334,26 @@ class SymbolicFunction:
         extra = expr.free_symbols - {symbol}
         if extra:
             raise invalid_parameter(
-                f"expression of {name!r}", f"an expression in {symbol} only", f"{expr} with free symbols {sorted(map(str, extra))}"
+                f"expression of {name!r}",
+                f"an expression in {symbol} only",
+                f"{expr} with free symbols {sorted(map(str, extra))}",
             )
         if complexity is None:
             complexity = 0 if not expr.free_symbols else int(sympy.count_ops(expr)) + 1
 
+        torch_fn = _lambdify_torch(expr, symbol)
         if domain is None:
             try:
                 real_set = continuous_domain(expr, symbol, sympy.S.Reals)
             except NotImplementedError as error:
                 raise SymbolicError(
-                    f"sympy cannot derive the real domain of {expr}; "
-                    "pass domain=Domain(low, high, low_open, high_open, excluded) explicitly"
+                    f"sympy cannot derive the real domain of {expr}. "
+                    "Pass domain=Domain(low, high, low_open, high_open, excluded) explicitly"
                 ) from error
             domain = Domain.from_sympy_set(real_set)
+            _check_no_nan_in_domain(name, expr, torch_fn, domain)
         elif isinstance(domain, sympy.Set):
             domain = Domain.from_sympy_set(domain)
-
-        torch_fn = _lambdify_torch(expr, symbol)
-        _check_no_nan_in_domain(name, expr, torch_fn, domain)
 
         def sympy_fn(argument: sympy.Expr) -> sympy.Expr:
             return expr.xreplace({symbol: argument})
@@ -463,7 +467,7 @@ def _check_no_nan_in_domain(name: str, expr: sympy.Expr, torch_fn: Callable, dom
     if nan_points.numel() > 0:
         raise SymbolicError(
             f"the torch function of {name!r} = {expr} is NaN at x = {nan_points[0].item():.4g}, "
-            f"which lies in the derived domain {domain.to_sympy_set()}; pass the real domain as domain=Domain(...)"
+            f"which lies in the derived domain {domain.to_sympy_set()}. Pass the real domain as domain=Domain(...)"
         )
 
 
