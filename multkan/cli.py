@@ -97,7 +97,7 @@ def _discover(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_one(equation_id: str, seed: int, steps: int) -> dict:
+def _bench_one(equation_id: str, seed: int, steps: int, methods: tuple[str, ...] = ("power_law", "additive", "multiplicative", "mult_node")) -> dict:
     """Run discover on one Feynman equation; a module-level function so worker processes can pickle it."""
     import torch
 
@@ -109,7 +109,9 @@ def _bench_one(equation_id: str, seed: int, steps: int) -> dict:
     start = time.perf_counter()
     try:
         dataset = equation.sample(n_train=1000, n_test=500, seed=seed, dtype=torch.float64)
-        result = discover(dataset, list(equation.variable_names), true_formula=equation.expr, seed=seed, steps=steps, stop_rmse=1e-9, progress=False)
+        result = discover(
+            dataset, list(equation.variable_names), true_formula=equation.expr, seed=seed, steps=steps, methods=methods, stop_rmse=1e-9, progress=False
+        )
         return {
             "id": equation.id, "n_var": equation.n_var, "formula": str(result.formula), "truth": equation.formula,
             "method": result.method, "exact": bool(result.exact), "strict": bool(result.strict),
@@ -127,20 +129,21 @@ def _bench(arguments: argparse.Namespace) -> int:
     from .feynman import get_equation, list_equations
 
     ids = [get_equation(i).id for i in arguments.ids.split(",")] if arguments.ids else list_equations(arguments.set)
+    methods = tuple(m.strip() for m in arguments.methods.split(",") if m.strip())
     rows = []
     if arguments.ray is not None:
         import ray
 
         ray.init(address=arguments.ray or None)
         remote = ray.remote(_bench_one)
-        rows = ray.get([remote.remote(i, arguments.seed, arguments.steps) for i in ids])
+        rows = ray.get([remote.remote(i, arguments.seed, arguments.steps, methods) for i in ids])
     else:
         from concurrent.futures import ProcessPoolExecutor
 
         from tqdm.auto import tqdm
 
         with ProcessPoolExecutor(max_workers=arguments.jobs) as pool:
-            futures = [pool.submit(_bench_one, i, arguments.seed, arguments.steps) for i in ids]
+            futures = [pool.submit(_bench_one, i, arguments.seed, arguments.steps, methods) for i in ids]
             for future in tqdm(futures, desc="bench", disable=arguments.quiet):
                 rows.append(future.result())
 
@@ -211,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", help="run on Ray instead: a cluster address, or none for a local Ray")
     bench.add_argument("--steps", type=int, default=50, help="L-BFGS steps per training phase (default 50)")
     bench.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    bench.add_argument("--methods", default="power_law,additive,multiplicative,mult_node", help="comma-separated discover methods (default: all)")
     bench.add_argument("--out", help="JSON file for the per-equation results")
     bench.add_argument("--quiet", action="store_true", help="hide the progress bar")
     bench.set_defaults(handler=_bench)

@@ -393,15 +393,48 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidat
     model, dataset, rmse = _fit_kan(
         width, arity, data, target, seed=seed, lamb=0.01 if sparse else 0.0, steps=steps, prune=sparse, progress=False
     )
-    expression = _symbolic_from_kan(model, dataset, symbols, steps=steps, progress=False)
     if transform is not None:
-        expression = transform * sympy.exp(expression)
+        expression = transform * _product_of_factors(model, data, symbols)
+    else:
+        expression = _symbolic_from_kan(model, dataset, symbols, steps=steps, progress=False)
     expression = _clean(expression)
     expression = _clean(simplify_constants(expression, symbols, data["train_input"], data["train_label"]), seconds=5.0)
     train, test = _evaluate(expression, symbols, data)
     if not math.isfinite(test):
         return None
     return Candidate(method, expression, _complexity(expression), train, test, width, (model, rmse))
+
+
+def _product_of_factors(model, data, symbols) -> sympy.Expr:
+    """Turn a ``[n, 1]`` network fitted to ``log|y|`` into ``C * prod_i g_i(x_i)``.
+
+    Each edge ``phi_i`` of the network gives a factor ``g_i = exp(phi_i -
+    mean(phi_i))``; the factor itself, not ``phi_i``, is snapped to a
+    library function, so ``sin(theta)`` or ``1/x`` factors are found even
+    though ``log(sin(theta))`` is in no library. ``C`` starts at
+    ``exp(sum_i mean(phi_i))`` and is refitted with the other constants.
+    """
+    from .symbolic import fit_affine
+    from .symbolic.edges import _simplest_choices
+
+    inputs = data["train_input"].to(model.dtype)
+    with torch.no_grad():
+        edges = model.activations(inputs)[0]["edges"][:, :, 0].to(torch.float64)
+        offset = float(model.layers[0].node_bias[0]) + float(edges.mean(dim=0).sum())
+    factors = torch.exp(edges - edges.mean(dim=0)).T.contiguous()
+    library = [name for name in DISCOVERY_LIBRARY if name != "0"]
+    fit = fit_affine(inputs.T.to(torch.float64).contiguous(), factors, library)
+    choices = _simplest_choices(fit, 0.0, 10.0)
+
+    expression = sympy.Float(math.exp(offset))
+    for i, choice in enumerate(choices):
+        if choice < 0:
+            raise ValueError(f"no library function fits the factor of {symbols[i]}")
+        function = fit.functions[choice]
+        a, b, c, d = (float(v) for v in fit.params[i, choice])
+        term = function.sympy_fn(sympy.Float(a) * symbols[i] + sympy.Float(b))
+        expression = expression * (sympy.Float(c) * term + sympy.Float(d))
+    return expression
 
 
 def _network_of(chosen: Candidate, candidates: list[Candidate]):
