@@ -201,6 +201,10 @@ def _power_law(data, symbols) -> sympy.Expr | None:
     return sign * (snapped if snapped is not None else sympy.Float(constant)) * monomial
 
 
+def _active_edges(model) -> int:
+    return int(sum(float(layer.spline_mask.sum() + layer.symbolic_mask.sum()) for layer in model.layers))
+
+
 def _fit_kan(width, mult_arity, data, target, *, seed, lamb, steps, prune, progress):
     from .model import MultKAN
 
@@ -212,22 +216,44 @@ def _fit_kan(width, mult_arity, data, target, *, seed, lamb, steps, prune, progr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MultKANWarning)
         model.fit(dataset, steps=steps, lamb=lamb, update_grid=True, progress=progress)
+        for _ in range(3 if prune else 0):
+            pruned = model.prune(node_th=1e-2, edge_th=3e-2)
+            changed = _active_edges(pruned) != _active_edges(model)
+            model = pruned
+            if not changed:
+                break
+            model.fit(dataset, steps=steps, lamb=lamb, update_grid=True, progress=progress)
         if prune:
-            model = model.prune(node_th=1e-2, edge_th=3e-2)
             model.fit(dataset, steps=steps, update_grid=True, progress=progress)
         model = model.refine(10)
         history = model.fit(dataset, steps=steps, update_grid=False, progress=progress)
     return model, dataset, history["test_loss"][-1]
 
 
-def _symbolic_from_kan(model, dataset, symbols, *, steps, progress):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MultKANWarning)
-        model.auto_symbolic(list(DISCOVERY_LIBRARY), selection="simplest")
-        model.fit(dataset, steps=steps, update_grid=False, progress=progress)
-        model.snap_constants(dataset)
-    expression = model.symbolic_formula([str(s) for s in symbols])[0]
-    return sympy.sympify(expression).xreplace({sympy.Symbol(str(s), real=True): s for s in symbols})
+LIBRARY_TIERS = (("x", "0"), ("x", "x^2", "1/x", "sqrt", "0"), DISCOVERY_LIBRARY)
+
+
+def _symbolic_from_kan(model, dataset, symbols, *, steps, progress, reference_rmse):
+    """Snap the network with the smallest library tier that keeps the test RMSE near the network's.
+
+    Tiers go from linear edges only to the whole discovery library; a tier
+    is accepted when the refitted symbolic model's test RMSE is at most
+    three times ``reference_rmse`` (the spline network's) plus ``1e-8``
+    times the label scale. The last tier is always accepted.
+    """
+    scale = float(dataset["train_label"].abs().max())
+    for position, tier in enumerate(LIBRARY_TIERS):
+        candidate = model.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MultKANWarning)
+            candidate.auto_symbolic(list(tier), selection="simplest")
+            history = candidate.fit(dataset, steps=steps, update_grid=False, progress=progress)
+            last = position == len(LIBRARY_TIERS) - 1
+            if not last and not history["test_loss"][-1] <= 3 * reference_rmse + 1e-8 * scale:
+                continue
+            candidate.snap_constants(dataset)
+        expression = candidate.symbolic_formula([str(s) for s in symbols])[0]
+        return sympy.sympify(expression).xreplace({sympy.Symbol(str(s), real=True): s for s in symbols})
 
 
 def _run_bounded(function, arguments: tuple, seconds: float, default):
@@ -396,7 +422,7 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidat
     if transform is not None:
         expression = transform * _product_of_factors(model, data, symbols)
     else:
-        expression = _symbolic_from_kan(model, dataset, symbols, steps=steps, progress=False)
+        expression = _symbolic_from_kan(model, dataset, symbols, steps=steps, progress=False, reference_rmse=rmse)
     expression = _clean(expression)
     expression = _clean(simplify_constants(expression, symbols, data["train_input"], data["train_label"]), seconds=5.0)
     train, test = _evaluate(expression, symbols, data)
