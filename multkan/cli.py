@@ -151,7 +151,12 @@ def _bench(arguments: argparse.Namespace) -> int:
     print(f"| id | n_var | exact | method | test RMSE | seconds | formula |")
     print(f"|---|---|---|---|---|---|---|")
     for row in rows:
-        status = "yes" if row["exact"] else ("error" if row["error"] else "no")
+        if row["exact"]:
+            status = "yes"
+        elif row["error"]:
+            status = "error"
+        else:
+            status = "no"
         print(f"| {row['id']} | {row['n_var']} | {status} | {row['method']} | {row['test_rmse']:.2e} | {row['seconds']:.1f} | `{row['formula'] or row['error']}` |")
     print(f"\nexact recovery: {recovered}/{len(rows)} ({100 * recovered / max(len(rows), 1):.0f}%)")
     if arguments.out:

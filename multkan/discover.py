@@ -314,7 +314,7 @@ def discover(
     var_names : sequence of str, optional
         Names of the input columns, used in the formula.
     true_formula : sympy expression or str, optional
-        When known, the result says whether the formula was recovered.
+        When known, the result reports whether the formula was recovered.
     seed : int
         Seed of every model.
     steps : int
