@@ -125,7 +125,7 @@ class CandidateRanking:
 
 @dataclass(frozen=True)
 class _Samples:
-    """Samples of all edges in float64, with y centred and scaled to max|y| = 1."""
+    """Samples of all edges in float64, with y in units of its spread and centred on its own mean."""
 
     x: torch.Tensor  # (n_edges, n_samples)
     y: torch.Tensor  # (n_edges, n_samples), centred on its own mean
@@ -335,6 +335,11 @@ def fit_affine(
     every valid candidate gets ``c = 0`` and ``d = mean(y)``. Constant functions
     then get r2 = 1 and non-constant functions r2 = 0, because ``f`` explains no
     variance beyond the constant.
+
+    NOTE: the search is local after step 1, so an optimum whose basin contains no
+    coarse grid point can be missed. For ``sgn`` r2 is piecewise constant in
+    ``(a, b)``, so its jump lands only where a grid or zoom point puts it, which can
+    be a sample or more away from the best place.
     """
     x, y = _check_samples(x, y)
     functions = _resolve_functions(library)
@@ -348,6 +353,11 @@ def fit_affine(
     y64 = y.detach().to(torch.float64)
     n_edges, n_samples = x64.shape
 
+    # Divide by max|y| first, so that the mean of values near the float64 maximum
+    # cannot overflow. Then y = y_unit * (y_scale * y_scaled + y_center).
+    y_max = y64.abs().amax(dim=1)
+    y_unit = torch.where(y_max > 0, y_max, 1.0)
+    y64 = y64 / y_unit[:, None]
     y_center = y64.mean(dim=1)
     y_spread = (y64 - y_center[:, None]).abs().amax(dim=1)
     constant_y = y_spread <= _CONSTANT_Y_TOLERANCE * y_center.abs()
@@ -381,9 +391,9 @@ def fit_affine(
     constant_function = torch.tensor([function.is_constant for function in functions], device=x64.device)
     r2 = torch.where(constant_y[:, None] & constant_function[None, :], 1.0, r2)
 
-    # Undo the scaling of y: y = y_scale * y_scaled + y_center.
-    c = c * y_scale[:, None]
-    d = d * y_scale[:, None] + y_center[:, None]
+    # Undo the scaling of y. The products may overflow, which marks the candidate invalid.
+    c = c * y_scale[:, None] * y_unit[:, None]
+    d = (d * y_scale[:, None] + y_center[:, None]) * y_unit[:, None]
     params = torch.stack([a, b, c, d], dim=-1).to(out_dtype)
     valid = valid & torch.isfinite(params).all(dim=-1)
 
@@ -392,7 +402,7 @@ def fit_affine(
             fixed_points[0][:, :1].expand(n_edges, len(functions)),
             fixed_points[1][:, :1].expand(n_edges, len(functions)),
             torch.zeros(n_edges, len(functions), dtype=torch.float64, device=x64.device),
-            y_center[:, None].expand(n_edges, len(functions)),
+            (y_center * y_unit)[:, None].expand(n_edges, len(functions)),
         ],
         dim=-1,
     ).to(out_dtype)

@@ -7,11 +7,10 @@ same function, its real domain, a complexity used when ranking candidates, and a
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 import sympy
@@ -33,8 +32,8 @@ __all__ = [
 SAFE_EPS = 1e-4
 """Distance that the safe torch functions keep from a singularity or an open domain end.
 
-For example the safe ``1/x`` evaluates ``1/(sign(x) * max(|x|, SAFE_EPS))`` and the
-safe ``log`` evaluates ``log(max(x, SAFE_EPS))``.
+For example the safe ``1/x`` evaluates ``1/(sign(x) * max(|x|, SAFE_EPS))`` with
+``sign(0) = 1``, and the safe ``log`` evaluates ``log(max(x, SAFE_EPS))``.
 """
 
 # Largest argument of the safe exp, sinh and cosh: exp(80) = 5.5e34 and its
@@ -527,6 +526,10 @@ class SymbolicLibrary(Mapping[str, SymbolicFunction]):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (name in self._entries or name in self._aliases)
 
+    def get(self, name: str, default: SymbolicFunction | None = None) -> SymbolicFunction | None:
+        """Return the entry for ``name`` or its alias, or ``default`` when it is unknown."""
+        return self[name] if name in self else default
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
@@ -718,7 +721,7 @@ def _reciprocal_power_entry(power: int, complexity: int) -> SymbolicFunction:
     )
 
 
-@functools.cache
+@cache
 def _default_entries() -> tuple[SymbolicFunction, ...]:
     # Built once: the entries are immutable, so every default library shares them.
     return (
