@@ -366,7 +366,6 @@ class MultKAN(nn.Module):
             low, high = layer.grid[:, k], layer.grid[:, -k - 1]
             fractions = torch.linspace(0, 1, 8 * (new_grid + k) + 1, dtype=layer.grid.dtype, device=layer.grid.device)
             samples = (low[:, None] + (high - low)[:, None] * fractions).T
-            old_values = layer.spline_edge_values(samples)
             if inputs is None and new_grid % layer.grid_size == 0:
                 grid = _subdivide(layer.grid, k, new_grid // layer.grid_size)
                 uniform = layer.uniform
@@ -376,6 +375,13 @@ class MultKAN(nn.Module):
             else:
                 grid = grid_from_samples(inputs[position], new_grid, k, grid_eps=self.grid_eps)
                 uniform = self.grid_eps == 1.0
+            # Evenly spaced samples miss intervals of quantile grids that are narrower
+            # than their spacing, and the ridge fit then sets the coefficients there to
+            # zero. Samples inside every new interval, clamped to the old data range,
+            # constrain every coefficient of the new grid that lies in that range.
+            per_interval = _interval_samples(grid, k, max(8, k + 1))
+            samples = torch.cat([samples, torch.maximum(torch.minimum(per_interval, high), low)])
+            old_values = layer.spline_edge_values(samples)
             layer.grid = grid
             layer.uniform = uniform
             layer.coef = nn.Parameter(fit_coefficients(samples, old_values, grid, k))
@@ -507,6 +513,15 @@ def _subdivide(grid: torch.Tensor, k: int, factor: int) -> torch.Tensor:
     starts, widths = interior[:, :-1, None], interior.diff(dim=1)[:, :, None]
     split = (starts + widths * fractions).reshape(grid.shape[0], -1)
     return extend_grid(torch.cat([split, interior[:, -1:]], dim=1), k)
+
+
+def _interval_samples(grid: torch.Tensor, k: int, per_interval: int) -> torch.Tensor:
+    """Return ``per_interval`` evenly spaced points in every interior interval of ``grid``, shape (n, n_in)."""
+    interior = grid[:, k : grid.shape[1] - k]
+    fractions = torch.arange(per_interval, dtype=grid.dtype, device=grid.device) / per_interval
+    starts, widths = interior[:, :-1, None], interior.diff(dim=1)[:, :, None]
+    points = (starts + widths * fractions).reshape(grid.shape[0], -1)
+    return torch.cat([points, interior[:, -1:]], dim=1).T
 
 
 def _make_options(grid, k, grid_range, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable) -> CompileOptions:

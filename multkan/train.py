@@ -6,7 +6,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -257,8 +257,11 @@ def fit(
     -----
     When a loss, parameter or gradient stops being finite, the parameters
     of the last finite step are restored, a :class:`NonFiniteLossWarning`
-    names the step, and training stops. Ctrl-C stops training the same way
-    and keeps the parameters of the last completed step.
+    names the step, and training stops. Ctrl-C (``KeyboardInterrupt``) also
+    stops training: the parameters of the logged step with the lowest
+    training loss are restored (the parameters from before training when no
+    step was logged yet), the interrupted step gets no history entry, and a
+    warning is logged to the ``multkan.train`` logger instead of raising.
     """
     loss, loss_kind = _loss_function(loss_fn, model.n_outputs)
     data = prepare_dataset(model, dataset, loss_kind)
@@ -290,9 +293,15 @@ def fit(
 
     history: dict[str, Any] = {"train_loss": [], "test_loss": [], "reg": [], "stopped_at": None}
     last_finite = _snapshot(model)
+    # The logged step with the lowest training loss, restored on Ctrl-C. Its
+    # state shares the tensors of last_finite, which are never modified.
+    best = _BestStep(None, math.inf, last_finite, _uniform_flags(model))
+    n_logged = 0
+    current_step = 0
     bar = tqdm(range(steps), desc="fit", disable=not progress, dynamic_ncols=True)
     try:
         for step in bar:
+            current_step = step
             if update_grid and start_grid_update_step <= step < stop_grid_update_step and step % grid_every == 0:
                 model.update_grid(grid_rows, grid_eps=grid_eps)
                 if opt == "LBFGS":
@@ -326,12 +335,51 @@ def fit(
 
             if step % log == 0 or step == steps - 1:
                 _record(model, data, loss, loss_kind, lamb, objective, history, bar)
+                train_loss = history["train_loss"][-1]
+                if train_loss < best.train_loss:
+                    best = _BestStep(step, train_loss, last_finite, _uniform_flags(model))
+                n_logged += 1
+            current_step = step + 1
     except KeyboardInterrupt:
-        history["stopped_at"] = len(history["train_loss"])
-        logger.warning("training interrupted; keeping the parameters of the last completed step")
+        _restore_best(model, history, best, n_logged, current_step)
     finally:
         bar.close()
     return history
+
+
+class _BestStep(NamedTuple):
+    """The logged step with the lowest training loss; ``step`` is None before any step is logged."""
+
+    step: int | None
+    train_loss: float
+    state: dict[str, torch.Tensor]
+    uniform: list[bool]
+
+
+def _uniform_flags(model: MultKAN) -> list[bool]:
+    """Return the knot layout flag of every layer, which grid updates change but the state_dict lacks."""
+    return [layer.uniform for layer in model.layers]
+
+
+def _restore_best(model: MultKAN, history: dict[str, Any], best: _BestStep, n_logged: int, step: int) -> None:
+    """Handle Ctrl-C during ``step``: restore the best logged parameters and drop a partial history entry.
+
+    An interrupt inside :func:`_record` can leave the history lists of
+    unequal length, so every list is cut to the ``n_logged`` complete entries.
+    """
+    for key in ("train_loss", "test_loss", "reg"):
+        del history[key][n_logged:]
+    model.load_state_dict(best.state)
+    for layer, uniform in zip(model.layers, best.uniform):
+        layer.uniform = uniform
+    history["stopped_at"] = step
+    if best.step is None:
+        logger.warning("training interrupted at step %d before any step was logged; restored the parameters from before training", step)
+    else:
+        logger.warning(
+            "training interrupted at step %d; restored the parameters of step %d, the logged step with the lowest training loss (%.3e)",
+            step, best.step, best.train_loss,
+        )
 
 
 def _grid_rows(train_input: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
