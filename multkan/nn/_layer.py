@@ -147,9 +147,9 @@ class MultKANLayer(nn.Module):
     def basis(self, x: torch.Tensor) -> torch.Tensor:
         """Return the B-spline basis of every input, shape (batch, n_in, n_basis).
 
-        Uniform grids take the general path too: with the knot spans cached,
-        it costs no more than :func:`multkan.splines.bspline_basis_uniform`,
-        which rescales ``x`` on every call.
+        Uniform grids take the general path too: with the knot spans cached
+        it forms ``x - t_m`` in one operation, where
+        :func:`multkan.splines.bspline_basis_uniform` rescales ``x`` first.
         """
         return bspline_basis(x, self.grid, self.k, reciprocals=self.knot_reciprocals())
 
