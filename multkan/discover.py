@@ -128,12 +128,27 @@ def _complexity(expression: sympy.Expr) -> int:
     return int(sympy.count_ops(expression)) + len(expression.free_symbols)
 
 
-def equivalent(found: sympy.Expr, truth: sympy.Expr) -> tuple[bool, bool]:
+def equivalent(found: sympy.Expr, truth: sympy.Expr, *, positive: bool = True) -> tuple[bool, bool]:
     """Return ``(exact, strict)`` following SRBench's ground-truth criterion.
 
     ``exact``: ``truth - found`` simplifies to a constant, or ``truth /
-    found`` to a non-zero constant. ``strict``: the difference is 0.
+    found`` to a non-zero constant. ``strict``: the difference is 0. With
+    ``positive``, a failed check is repeated with every variable taken as
+    positive, so ``sqrt(a)*sqrt(b)`` matches ``sqrt(a*b)``; use it only when
+    every variable's range is positive, as for the Feynman equations.
     """
+    exact, strict = _compare(found, truth)
+    if exact or not positive:
+        return exact, strict
+    substitution = {symbol: sympy.Symbol(symbol.name, positive=True) for symbol in found.free_symbols | truth.free_symbols}
+    return _compare(found.xreplace(substitution), truth.xreplace(substitution))
+
+
+def _equivalent_positional(found, truth, positive):
+    return equivalent(found, truth, positive=positive)
+
+
+def _compare(found: sympy.Expr, truth: sympy.Expr) -> tuple[bool, bool]:
     try:
         difference = sympy.simplify(truth - found)
         if difference == 0:
@@ -387,7 +402,8 @@ def discover(
         truth = sympy.sympify(true_formula, locals={str(s): s for s in symbols}) if isinstance(true_formula, str) else true_formula
         truth = truth.xreplace({sympy.Symbol(str(s)): s for s in symbols})
         result.true_formula = truth
-        result.exact, result.strict = _run_bounded(equivalent, (chosen.expression, truth), 30.0, (False, False))
+        positive = bool((data["train_input"] > 0).all())
+        result.exact, result.strict = _run_bounded(_equivalent_positional, (chosen.expression, truth, positive), 30.0, (False, False))
     return result
 
 

@@ -59,3 +59,18 @@ def test_discover_unknown_method(tmp_path, capsys):
     status = main(["discover", "--feynman", "I.12.1", "--methods", "magic", "--out", str(tmp_path)])
     assert status == 2
     assert "magic" in capsys.readouterr().err
+
+
+def test_equivalence_under_positive_variables():
+    import sympy
+
+    from multkan.discover import equivalent
+
+    gamma, pressure, density = sympy.symbols("gamma pr rho", real=True)
+    found = sympy.sqrt(gamma) * sympy.sqrt(pressure) / sympy.sqrt(density)
+    truth = sympy.sqrt(gamma * pressure / density)
+    assert equivalent(found, truth) == (True, True)
+    assert equivalent(found, truth, positive=False) == (False, False)
+    assert equivalent(found + 3, truth) == (True, False)
+    assert equivalent(2 * found, truth) == (True, False)
+    assert equivalent(found * gamma, truth) == (False, False)
