@@ -13,6 +13,7 @@ from .errors import (
     SymbolicFitWarning,
 )
 from .graph import EdgeId, build_graph
+from .kanpiler import kanpile
 from .model import MultKAN
 from .train import fit
 
@@ -45,4 +46,5 @@ __all__ = [
     "create_dataset",
     "dataset_from_arrays",
     "fit",
+    "kanpile",
 ]
