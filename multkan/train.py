@@ -295,7 +295,8 @@ def fit(
     last_finite = _snapshot(model)
     # The logged step with the lowest training loss, restored on Ctrl-C. Its
     # state shares the tensors of last_finite, which are never modified.
-    best = _BestStep(None, math.inf, last_finite, _uniform_flags(model))
+    last_uniform = _uniform_flags(model)
+    best = _BestStep(None, math.inf, last_finite, last_uniform)
     n_logged = 0
     current_step = 0
     bar = tqdm(range(steps), desc="fit", disable=not progress, dynamic_ncols=True)
@@ -323,6 +324,8 @@ def fit(
             total = optimizer.step(closure)
             if not _all_finite(model, total.detach()):
                 model.load_state_dict(last_finite)
+                for layer, uniform in zip(model.layers, last_uniform):
+                    layer.uniform = uniform
                 history["stopped_at"] = step
                 warnings.warn(
                     f"training stopped at step {step}: the loss, a parameter or a gradient was not finite; "
@@ -332,6 +335,7 @@ def fit(
                 )
                 break
             last_finite = _snapshot(model)
+            last_uniform = _uniform_flags(model)
 
             if step % log == 0 or step == steps - 1:
                 _record(model, data, loss, loss_kind, lamb, objective, history, bar)
