@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from multkan import InvalidDataError, InvalidParameterError, MultKAN, NonFiniteLossWarning, create_dataset, dataset_from_arrays
+from multkan import InvalidDataError, InvalidParameterError, MultKAN, MultKANWarning, NonFiniteLossWarning, create_dataset, dataset_from_arrays
 from multkan.train import regularization
 
 
@@ -121,9 +121,14 @@ def test_classification_fit_then_refine_finite():
     data = {"train_input": x[:200], "train_label": labels[:200], "test_input": x[200:], "test_label": labels[200:]}
     model = MultKAN([9, 10, 2], grid=3, seed=0)
     first = model.fit(data, steps=5, loss_fn="cross_entropy", lamb=0.01, progress=False)
-    refined = model.refine(6)
-    second = refined.fit(data, steps=5, loss_fn="cross_entropy", progress=False)
-    assert all(math.isfinite(v) for v in first["train_loss"] + second["train_loss"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MultKANWarning)
+        pruned = model.prune()
+    second = pruned.fit(data, steps=5, loss_fn="cross_entropy", update_grid=True, progress=False)
+    refined = pruned.refine(6)
+    third = refined.fit(data, steps=5, loss_fn="cross_entropy", progress=False)
+    for history in (first, second, third):
+        assert all(math.isfinite(v) for v in history["train_loss"] + history["test_loss"])
 
 
 def test_rank_deficient_grid_update_is_finite():
