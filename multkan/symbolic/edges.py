@@ -163,8 +163,8 @@ def fix_symbolic(
     """Replace one edge by ``c * f(a * x + b) + d`` with ``f = library[name]``.
 
     With ``fit_params`` the parameters are fitted to the edge's values on
-    ``x`` (or the stored training inputs) and the fit's r2 is returned;
-    without, ``(a, b, c, d) = (1, 0, 1, 0)`` and None is returned, which
+    ``x`` (or the stored training inputs) and the fit's r2 is returned.
+    Without it, ``(a, b, c, d) = (1, 0, 1, 0)`` and None is returned, which
     needs no data and no forward pass.
     """
     edge = model.edge(edge)
@@ -233,7 +233,7 @@ def auto_symbolic(
     a nearly straight edge. Neither rule sets a clean edge (best r2 > 0.99)
     to the constant ``0``.
 
-    Layers are processed in order; each layer's edges are fitted in one
+    Layers are processed in order. Each layer's edges are fitted in one
     vectorised call on the inputs that the already snapped layers produce,
     so later layers see the symbolic functions of earlier ones. An edge
     with no candidate above ``r2_threshold`` keeps its spline and a

@@ -174,7 +174,12 @@ def formula_error(expression: sympy.Expr, symbols: Sequence[sympy.Symbol], x: to
     residual = prediction - y
     rmse = float(residual.pow(2).mean().sqrt())
     variance = float((y - y.mean()).pow(2).sum())
-    r2 = 1.0 - float(residual.pow(2).sum()) / variance if variance > 0 else (1.0 if rmse == 0 else -math.inf)
+    if variance > 0:
+        r2 = 1.0 - float(residual.pow(2).sum()) / variance
+    elif rmse == 0:
+        r2 = 1.0
+    else:
+        r2 = -math.inf
     return FormulaCheck(rmse=rmse, r2=r2, finite=True)
 
 
