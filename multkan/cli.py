@@ -66,6 +66,9 @@ def _discover(arguments: argparse.Namespace) -> int:
     from .discover import discover
     from .errors import MultKANError
 
+    if arguments.steps < 1 or arguments.samples < 2:
+        print(f"multkan discover: invalid --steps {arguments.steps} or --samples {arguments.samples}: expected --steps >= 1 and --samples >= 2", file=sys.stderr)
+        return 2
     try:
         dataset, names, truth, run_name = _discover_data(arguments)
     except MultKANError as error:
@@ -126,10 +129,29 @@ def _bench_one(equation_id: str, seed: int, steps: int, methods: tuple[str, ...]
 
 
 def _bench(arguments: argparse.Namespace) -> int:
+    from .discover import METHODS
+    from .errors import MultKANError
     from .feynman import get_equation, list_equations
 
-    ids = [get_equation(i).id for i in arguments.ids.split(",")] if arguments.ids else list_equations(arguments.set)
     methods = tuple(m.strip() for m in arguments.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    problems = []
+    if unknown or not methods:
+        problems.append(f"invalid --methods {arguments.methods!r}: choose from {', '.join(METHODS)}")
+    if arguments.jobs < 1:
+        problems.append(f"invalid --jobs {arguments.jobs}: expected an integer >= 1")
+    if arguments.steps < 1:
+        problems.append(f"invalid --steps {arguments.steps}: expected an integer >= 1")
+    try:
+        names = [i.strip() for i in arguments.ids.split(",") if i.strip()] if arguments.ids is not None else None
+        if names is not None and not names:
+            problems.append("invalid --ids: expected comma-separated equation ids such as I.12.1,I.6.20a")
+        ids = [get_equation(i).id for i in names] if names else list_equations(arguments.set)
+    except MultKANError as error:
+        problems.append(str(error))
+    if problems:
+        print("multkan bench: " + "; ".join(problems), file=sys.stderr)
+        return 2
     rows = []
     if arguments.ray is not None:
         import ray
@@ -169,6 +191,9 @@ def _bench(arguments: argparse.Namespace) -> int:
 def _demo(arguments: argparse.Namespace) -> int:
     import torch
 
+    if arguments.steps < 1:
+        print(f"multkan demo: invalid --steps {arguments.steps}: expected an integer >= 1", file=sys.stderr)
+        return 2
     from . import MultKAN, create_dataset
 
     def target(x):

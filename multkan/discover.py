@@ -40,6 +40,8 @@ __all__ = ["Candidate", "DiscoveryResult", "discover", "equivalent"]
 
 logger = logging.getLogger(__name__)
 
+METHODS = ("power_law", "additive", "multiplicative", "mult_node")
+
 DISCOVERY_LIBRARY = ("x", "x^2", "x^3", "1/x", "1/x^2", "sqrt", "1/sqrt(x)", "exp", "log", "sin", "cos", "tanh", "arcsin", "gaussian", "0")
 
 
@@ -351,10 +353,15 @@ def discover(
     -------
     DiscoveryResult
     """
-    known = {"power_law", "additive", "multiplicative", "mult_node"}
-    unknown = [m for m in methods if m not in known]
-    if unknown:
-        raise invalid_parameter("methods", f"a subset of {sorted(known)}", list(methods))
+    if isinstance(methods, str):
+        methods = (methods,)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise invalid_parameter("methods", f"a non-empty subset of {list(METHODS)}", list(methods))
+    if not isinstance(steps, int) or steps < 1:
+        raise invalid_parameter("steps", "an integer >= 1", steps)
+    if not isinstance(dataset, dict):
+        raise invalid_parameter("dataset", "a dict with train_input, train_label, test_input and test_label (see create_dataset or dataset_from_arrays)", type(dataset).__name__)
     start = time.perf_counter()
     data, symbols = _prepare(dataset, var_names)
     n_var = len(symbols)
@@ -375,9 +382,11 @@ def discover(
             continue
         if candidate is None:
             continue
-        if candidate.model is not None and candidate.method != "power_law":
+        if candidate.model is not None:
             rmse = candidate.model[1]
-            model_rmse = rmse if model_rmse is None else min(model_rmse, rmse)
+            # The multiplicative network is fitted to log|y|, so its RMSE is in other units.
+            if candidate.method != "multiplicative":
+                model_rmse = rmse if model_rmse is None else min(model_rmse, rmse)
             candidate.model = candidate.model[0]
         candidates.append(candidate)
         if stop_rmse is not None and candidate.test_rmse <= stop_rmse * float(y_train.abs().max()):

@@ -74,3 +74,42 @@ def test_equivalence_under_positive_variables():
     assert equivalent(found + 3, truth) == (True, False)
     assert equivalent(2 * found, truth) == (True, False)
     assert equivalent(found * gamma, truth) == (False, False)
+
+
+@pytest.mark.parametrize(
+    "arguments, fragment",
+    [
+        (["--ids", "I.99.9"], "I.99.9"),
+        (["--ids", ","], "--ids"),
+        (["--ids", "I.12.1", "--jobs", "0"], "--jobs"),
+        (["--ids", "I.12.1", "--methods", "bogus"], "--methods"),
+    ],
+)
+def test_bench_rejects_bad_arguments(arguments, fragment, capsys):
+    status = main(["bench", "feynman", "--quiet", *arguments])
+    assert status == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_demo_rejects_zero_steps(capsys):
+    assert main(["demo", "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
+
+
+def test_discover_rejects_tuple_dataset():
+    import numpy as np
+
+    from multkan import InvalidParameterError
+    from multkan.discover import discover
+
+    with pytest.raises(InvalidParameterError, match="invalid dataset"):
+        discover((np.zeros((5, 2)), np.zeros(5)), ["a", "b"])
+
+
+def test_discover_accepts_single_method_string():
+    from multkan.discover import discover
+    from multkan.feynman import get_equation
+
+    equation = get_equation("I.12.1")
+    result = discover(equation.sample(n_train=50, n_test=20, seed=0), list(equation.variable_names), methods="power_law", progress=False)
+    assert str(result.formula) == "Nn*mu"
