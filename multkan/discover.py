@@ -5,7 +5,7 @@ formula it finds, then reports the simplest one whose test error is within
 a factor of the best:
 
 1. Power law: when every input is positive and the target keeps one sign,
-   ``log|y|`` is regressed on ``log x``; a near-perfect fit gives
+   ``log|y|`` is regressed on ``log x``. A near-perfect fit gives
    ``y = C * prod x_i^p_i`` with snapped exponents and constant.
 2. Separable KANs: ``[n, 1]`` networks (a sum of one-dimensional
    functions) fitted to ``y`` (additive separability) and, for a one-signed
@@ -253,7 +253,7 @@ LIBRARY_TIERS = (("x", "0"), ("x", "x^2", "1/x", "sqrt", "0"), DISCOVERY_LIBRARY
 def _symbolic_from_kan(model, dataset, symbols, *, steps, progress, reference_rmse):
     """Snap the network with the smallest library tier that keeps the test RMSE near the network's.
 
-    Tiers go from linear edges only to the whole discovery library; a tier
+    Tiers go from linear edges only to the whole discovery library. A tier
     is accepted when the refitted symbolic model's test RMSE is at most
     three times ``reference_rmse`` (the spline network's) plus ``1e-8``
     times the label scale. The last tier is always accepted.
@@ -448,8 +448,9 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidat
         expression = transform * _product_of_factors(model, data, symbols)
     else:
         expression = _symbolic_from_kan(model, dataset, symbols, steps=steps, progress=False, reference_rmse=rmse)
-    expression = _clean(expression)
-    expression = _clean(simplify_constants(expression, symbols, data["train_input"], data["train_label"]), seconds=5.0)
+    # simplify_constants refits and snaps the constants with an error check,
+    # so one sympy simplification afterwards is enough.
+    expression = _clean(simplify_constants(expression, symbols, data["train_input"], data["train_label"]))
     train, test = _evaluate(expression, symbols, data)
     if not math.isfinite(test):
         return None
@@ -460,7 +461,7 @@ def _product_of_factors(model, data, symbols) -> sympy.Expr:
     """Turn a ``[n, 1]`` network fitted to ``log|y|`` into ``C * prod_i g_i(x_i)``.
 
     Each edge ``phi_i`` of the network gives a factor ``g_i = exp(phi_i -
-    mean(phi_i))``; the factor itself, not ``phi_i``, is snapped to a
+    mean(phi_i))``. The factor itself, not ``phi_i``, is snapped to a
     library function, so ``sin(theta)`` or ``1/x`` factors are found even
     though ``log(sin(theta))`` is in no library. ``C`` starts at
     ``exp(sum_i mean(phi_i))`` and is refitted with the other constants.

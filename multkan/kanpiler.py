@@ -1,7 +1,7 @@
 """The kanpiler: compile a sympy expression into a MultKAN whose edges are symbolic.
 
 Every function application ``f(k*g + b)`` becomes one symbolic edge
-``c*f(a*x + b) + d`` from the node computing ``g``; every sum becomes a sum
+``c*f(a*x + b) + d`` from the node computing ``g``. Every sum becomes a sum
 node and every product of two or more non-constant factors a mult node.
 Values needed further up are carried by identity edges through
 intermediate sum nodes, so the graph stays layered. The compiled network

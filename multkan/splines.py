@@ -222,7 +222,7 @@ def knot_reciprocals(grid: torch.Tensor, k: int) -> list[torch.Tensor]:
     Returns
     -------
     list of k tensors
-        Entry ``p - 1`` has shape (n_in, n_knots - p) and holds
+        Entry ``p - 1`` has shape (n_in, n_knots - p) and contains
         ``1 / (t_{m+p} - t_m)``, the reciprocal of the span of order ``p``.
     """
     return [1.0 / (grid[..., p:] - grid[..., :-p]) for p in range(1, k + 1)]

@@ -128,7 +128,7 @@ def read_table(
         When the file is missing, empty, not UTF-8 or has no header. When
         a requested column is unknown or its name appears twice. When a row
         has the wrong number of fields, or the file has fewer than
-        ``min_rows`` data rows. When a selected column holds a non-numeric, missing (empty,
+        ``min_rows`` data rows. When a selected column contains a non-numeric, missing (empty,
         ``NA``, ``null``) or non-finite (``nan``, ``inf``) value. Messages
         give line numbers in the file, counting the header as line 1.
 

@@ -85,9 +85,9 @@ def _loss_function(loss_fn: str | Callable | None, n_outputs: int) -> tuple[Call
 def prepare_dataset(model: MultKAN, dataset: dict, loss_kind: str) -> dict[str, torch.Tensor]:
     """Validate a dataset against the model and return tensors in its dtype and device.
 
-    Inputs must have ``n_inputs`` columns; regression labels of shape (n,)
+    Inputs must have ``n_inputs`` columns. Regression labels of shape (n,)
     are reshaped to (n, 1) for one-output models and must otherwise be
-    (n, n_outputs); cross-entropy labels must be 1-D integer class indices.
+    (n, n_outputs). Cross-entropy labels must be 1-D integer class indices.
     Every value must be finite.
     """
     if not isinstance(dataset, dict):

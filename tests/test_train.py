@@ -18,7 +18,8 @@ def test_create_dataset_shapes_and_values():
     data = create_dataset(lambda x: x[:, 0] + 2 * x[:, 1], n_var=2, ranges=[[0, 1], [2, 3]], train_num=30, test_num=7, seed=1)
     assert data["train_input"].shape == (30, 2)
     assert data["test_label"].shape == (7, 1)
-    assert (data["train_input"][:, 1] >= 2).all() and (data["train_input"][:, 1] <= 3).all()
+    assert (data["train_input"][:, 1] >= 2).all()
+    assert (data["train_input"][:, 1] <= 3).all()
     expected = data["train_input"][:, 0] + 2 * data["train_input"][:, 1]
     assert torch.allclose(data["train_label"][:, 0], expected, atol=1e-6)
 
