@@ -42,7 +42,7 @@ from typing import Any
 import sympy
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 
 from .compile import CompileOptions, write_back
 from .errors import CheckpointError, GraphError, SymbolicError, invalid_parameter
@@ -213,16 +213,22 @@ def _checksum(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) 
 
 
 def _write_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str) -> None:
+    """Write the safetensors file to a new temporary file next to ``path``, then rename it over ``path``.
+
+    The bytes are written through a descriptor that this function opens,
+    because ``safetensors.torch.save_file`` (0.8.0) creates its file with
+    mode 0600. Mode 0o666 lets the umask set the permissions, as for any
+    new file, and O_EXCL makes sure that the temporary file is new.
+    """
     folder, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL makes sure the temporary file is new. Mode 0o666 lets the umask
-    # set the permissions, as for an ordinary new file.
+    contents = save_bytes(tensors, metadata=metadata)
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    os.close(descriptor)
     try:
-        save_file(tensors, temporary, metadata=metadata)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(contents)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

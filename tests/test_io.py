@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -276,12 +277,11 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     MultKAN([2, 3, 1], seed=0).save(path)
     before = path.read_bytes()
 
-    def write_half_then_fail(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"\x00" * 100)
+    def fail_after_write(descriptor):
         raise OSError("disk full")
 
-    monkeypatch.setattr(multkan.io, "save_file", write_half_then_fail)
+    # The temporary file is complete when fsync runs, so this fails after the write.
+    monkeypatch.setattr(multkan.io.os, "fsync", fail_after_write)
     with pytest.raises(OSError, match="disk full"):
         MultKAN([2, 4, 1], seed=1).save(path)
     assert path.read_bytes() == before
@@ -289,13 +289,37 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
-    def interrupt(tensors, filename, metadata=None):
+    def interrupt(descriptor):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(multkan.io, "save_file", interrupt)
+    monkeypatch.setattr(multkan.io.os, "fsync", interrupt)
     with pytest.raises(KeyboardInterrupt):
         MultKAN([2, 3, 1], seed=0).save(tmp_path / "model.safetensors")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_save_mode_follows_umask(tmp_path, umask):
+    path = tmp_path / "model.safetensors"
+    previous = os.umask(umask)
+    try:
+        MultKAN([2, 3, 1], seed=0).save(path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_save_replaces_file_with_new_mode(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"old")
+    path.chmod(0o600)
+    previous = os.umask(0o022)
+    try:
+        MultKAN([2, 3, 1], seed=0).save(path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert MultKAN.load(path).width == [2, 3, 1]
 
 
 def test_save_missing_folder(tmp_path):
