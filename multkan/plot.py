@@ -43,6 +43,8 @@ __all__ = ["plot_network", "plot_history"]
 SPLINE_COLOR = "black"
 SYMBOLIC_COLOR = "tab:red"
 WIRE_COLOR = "tab:blue"
+# Name of the constant-zero function in multkan.symbolic.library.
+ZERO_FUNCTION = "0"
 
 # Layout in data units: neighbouring nodes are 1 apart.
 _LAYER_GAP = 1.0
@@ -94,7 +96,10 @@ def plot_network(
     Sum nodes are dots and mult nodes are circles marked "×", joined to
     their operands by wires. Each active function edge is a line: black for
     a spline, red and labelled with the function name for a symbolic edge.
-    Zero edges are hidden. With ``x``, an edge's opacity grows linearly with
+    Zero edges are hidden, and so are edges fixed to the symbolic function
+    ``"0"``: such an edge outputs the constant ``d`` of ``c * 0 + d``, so it
+    carries nothing from its input although it stays in the graph until
+    :meth:`MultKAN.prune`. With ``x``, an edge's opacity grows linearly with
     its attribution score on ``x`` (:func:`multkan.analysis.attribution`),
     from 0.08 to 1 for the highest score in its layer, and with
     ``show_curves`` a small inset shows each edge's function over the inputs
@@ -206,7 +211,7 @@ def _layout(model, curves: bool) -> tuple[list[_LayerLayout], float]:
         rows.append(_subnode_positions(layer.n_sum, [tuple(group) for group in layer.operands], layer.n_sub))
     width = max(row.max() - row.min() + 1.0 for row in rows)
     if curves:
-        width = max([width] + [_INSET_PITCH * int(_active(layer).sum()) for layer in model.layers])
+        width = max([width] + [_INSET_PITCH * int(_drawn(layer).sum()) for layer in model.layers])
     # Wide networks get taller layers, so that edges between far nodes stay steep.
     gap = max(_LAYER_GAP_WITH_CURVES if curves else _LAYER_GAP, width / 5)
 
@@ -245,9 +250,17 @@ def _spread(positions: np.ndarray, width: float, step: float = 1.0) -> np.ndarra
     return (positions - (positions.min() + positions.max()) / 2) * stretch
 
 
-def _active(layer) -> np.ndarray:
-    """Return the (n_in, n_sub) bool array of edges that are spline or symbolic, not zero."""
-    return (layer.spline_mask.detach().cpu().numpy() > 0) | (layer.symbolic_mask.detach().cpu().numpy() > 0)
+def _drawn(layer) -> np.ndarray:
+    """Return the (n_in, n_sub) bool array of the edges to draw.
+
+    These are spline and symbolic edges, except zero edges and symbolic
+    edges fixed to ``"0"``, whose output does not depend on their input.
+    """
+    drawn = (layer.spline_mask.detach().cpu().numpy() > 0) | (layer.symbolic_mask.detach().cpu().numpy() > 0)
+    for (source, target), name in layer.symbolic_names.items():
+        if name == ZERO_FUNCTION:
+            drawn[source, target] = False
+    return drawn
 
 
 def _figure_size(layouts: list[_LayerLayout], width: float, scale: float) -> tuple[float, float]:
@@ -303,13 +316,13 @@ def _edge_alphas(scores: np.ndarray | None, active: np.ndarray) -> np.ndarray:
 
 def _draw_layer_edges(ax, position, layer, layouts, records, curves, width, scale) -> None:
     source, target = layouts[position], layouts[position + 1]
-    active = _active(layer)
+    drawn = _drawn(layer)
     record = None if records is None else records[position]
-    alphas = _edge_alphas(None if record is None else record["scores"], active)
+    alphas = _edge_alphas(None if record is None else record["scores"], drawn)
 
     # Insets are grouped by the end with more nodes, so each group sits next
     # to its node and only the lines to the other end fan out.
-    edges = [(int(i), int(j)) for i, j in zip(*np.nonzero(active))]
+    edges = [(int(i), int(j)) for i, j in zip(*np.nonzero(drawn))]
     if layer.n_sub >= layer.n_in:
         edges.sort(key=lambda edge: (target.sub_x[edge[1]], source.node_x[edge[0]]))
     else:

@@ -122,6 +122,28 @@ def test_zero_edges_hidden():
     assert len(ax.child_axes) == len(gids)
 
 
+@pytest.mark.parametrize("x", [None, "inputs"])
+def test_edges_fixed_to_zero_function_hidden(x):
+    model = MultKAN([2, 3, 1], seed=0)
+    model.fix_symbolic((0, 1, 2), "0", fit_params=False)
+    model.fix_symbolic((1, 0, 0), "zero", fit_params=False)
+    model.fix_symbolic((0, 0, 0), "sin", fit_params=False)
+    assert model.layers[0].symbolic_names[(1, 2)] == "0"
+    assert model.layers[1].symbolic_names[(0, 0)] == "0"
+    x = _inputs(model) if x == "inputs" else None
+
+    ax = _axes(plot_network(model, x))
+    gids = set(_edges(ax))
+    assert "edge:0:1:2" not in gids
+    assert "edge:1:0:0" not in gids
+    assert "edge:0:0:0" in gids
+    assert gids == _active_edges(model) - {"edge:0:1:2", "edge:1:0:0"}
+    assert not [inset for inset in ax.child_axes if inset.get_gid() in ("curve:0:1:2", "curve:1:0:0")]
+    labels = [text.get_text() for text in _with_gid(ax.texts, "label:")]
+    labels += [inset.title.get_text() for inset in ax.child_axes if (inset.title.get_gid() or "").startswith("label:")]
+    assert labels == ["sin"]
+
+
 def test_all_edges_of_layer_zero():
     model = MultKAN([2, 2, 1], seed=0)
     for j in range(2):
