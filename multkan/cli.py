@@ -6,13 +6,55 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
 DEFAULT_EQUATION = "I.12.1"
+
+# Python API names in library messages, with the words a command-line user
+# acts on. The library messages name parameters (inputs, min_rows) and
+# functions (list_equations) that the command line does not have.
+_CLI_WORDING = (
+    (re.compile(r"\binvalid (inputs|target|methods):"), r"invalid --\1:"),
+    (re.compile(r"\b(out of|listed in|from) inputs\b"), r"\1 --inputs"),
+    (re.compile(r" \(min_rows=\d+\)\. Add rows or lower min_rows\."), ". Add rows."),
+    (re.compile(r"Call list_equations\(\) for all ids\."), lambda match: _equation_ids_hint()),
+    (re.compile(r"Check the data or give more samples\."), "Check the data, add rows (or raise --samples), or try more --methods."),
+)
+
+
+def _cli_message(message: object) -> str:
+    """Return the text of a library error or warning in command-line words."""
+    text = str(message)
+    for pattern, replacement in _CLI_WORDING:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _equation_ids_hint() -> str:
+    from .feynman import REGISTRY_PATH
+
+    return f'All ids are the "id" fields in {REGISTRY_PATH}.'
+
+
+def _discover_data_printing_warnings(arguments: argparse.Namespace):
+    """Call :func:`_discover_data` and print its multkan warnings (such as a constant input column) in command-line words."""
+    from .errors import MultKANWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = _discover_data(arguments)
+    for warning in caught:
+        if issubclass(warning.category, MultKANWarning):
+            print(f"multkan discover: warning: {_cli_message(warning.message)}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return loaded
 
 
 def _discover_data(arguments: argparse.Namespace):
@@ -41,25 +83,101 @@ def _discover_data(arguments: argparse.Namespace):
     return dataset, list(equation.variable_names), equation.expr, equation.id
 
 
-def _write_outputs(folder: Path, result, dataset) -> list[str]:
-    """Write the report, the network figure and the model into ``folder``; return the file names."""
+OUTPUT_FILES = ("report.json", "network.png", "model.safetensors")
+
+
+def _write_outputs(folder: Path, result, dataset, target_name: str | None = None) -> tuple[dict, list[str], list[str]]:
+    """Write the report, the network figure and the model into ``folder``.
+
+    Every file is written to a temporary file first and then renamed, so a
+    reader never sees a half-written file. Files of :data:`OUTPUT_FILES` that
+    an earlier run left and this run did not write (the figure and the model,
+    when no method produced a network) are removed, so the folder never
+    mixes two runs. Other files in ``folder`` are left alone.
+
+    Returns
+    -------
+    report : dict
+        The contents of report.json: ``result.to_dict()`` plus
+        ``network_method`` and ``files`` (``written`` and ``removed``).
+    written, removed : list of str
+        Names of the files written and of the stale files removed.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    report = result.to_dict()
-    report_path = folder / "report.json"
-    temporary = report_path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temporary, report_path)
-    written.append("report.json")
-
     model = result.model
+    network_method = _network_method(result)
     if model is not None:
-        figure = model.plot(dataset["train_input"].to(model.dtype), title=f"{result.method}: {result.formula}")
-        figure.savefig(folder / "network.png", dpi=120, bbox_inches="tight")
+        figure = model.plot(
+            dataset["train_input"].to(model.dtype),
+            input_names=_network_input_names(model, result.variables),
+            output_names=_network_output_names(model, network_method, target_name),
+            title=_network_title(result, network_method),
+        )
+        _replace_file(folder / "network.png", lambda path: figure.savefig(path, format="png", dpi=120, bbox_inches="tight"))
         written.append("network.png")
         model.save(folder / "model.safetensors")
         written.append("model.safetensors")
-    return written
+
+    written.append("report.json")
+    removed = [name for name in OUTPUT_FILES if name not in written and (folder / name).exists()]
+    report = result.to_dict()
+    report["network_method"] = network_method
+    report["files"] = {"written": written, "removed": removed}
+    _replace_file(folder / "report.json", lambda path: Path(path).write_text(json.dumps(report, indent=2) + "\n"))
+    for name in removed:
+        (folder / name).unlink(missing_ok=True)
+    return report, written, removed
+
+
+def _replace_file(path: Path, write) -> None:
+    """Call ``write`` on a temporary path next to ``path``, then rename the result over ``path``."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _network_method(result) -> str | None:
+    """Return the method whose network ``result.model`` is, or None when the report does not record it.
+
+    ``discover`` keeps the chosen formula's network, or else the most
+    accurate network of any method, so the network can come from a method
+    other than ``result.method``.
+    """
+    if result.model is None:
+        return None
+    for candidate in result.candidates:
+        if candidate.model is result.model:
+            return candidate.method
+    # NOTE: a network whose candidate is not on the Pareto front is not in
+    # result.candidates, so its method is unknown here.
+    return None
+
+
+def _network_input_names(model, variables: list[str]) -> list[str]:
+    if len(variables) == len(model.input_names):
+        return list(variables)
+    return list(model.input_names)
+
+
+def _network_output_names(model, network_method: str | None, target_name: str | None) -> list[str]:
+    if target_name is None or model.n_outputs != 1:
+        return list(model.output_names)
+    if network_method == "multiplicative":
+        # This method fits its network to log|y| and turns the edges into factors of y.
+        return [f"log|{target_name}|"]
+    return [target_name]
+
+
+def _network_title(result, network_method: str | None) -> str:
+    if network_method is None:
+        return f"most accurate network (method not recorded); formula from {result.method}: {result.formula}"
+    if network_method == result.method:
+        return f"{network_method} network, which gives the formula {result.formula}"
+    return f"{network_method} network; the formula {result.formula} is from {result.method}"
 
 
 def _discover(arguments: argparse.Namespace) -> int:
@@ -70,9 +188,9 @@ def _discover(arguments: argparse.Namespace) -> int:
         print(f"multkan discover: invalid --steps {arguments.steps} or --samples {arguments.samples}: expected --steps >= 1 and --samples >= 2", file=sys.stderr)
         return 2
     try:
-        dataset, names, truth, run_name = _discover_data(arguments)
+        dataset, names, truth, run_name = _discover_data_printing_warnings(arguments)
     except MultKANError as error:
-        print(f"multkan discover: {error}", file=sys.stderr)
+        print(f"multkan discover: {_cli_message(error)}", file=sys.stderr)
         return 2
 
     methods = tuple(m.strip() for m in arguments.methods.split(",") if m.strip())
@@ -81,13 +199,13 @@ def _discover(arguments: argparse.Namespace) -> int:
             dataset, names, true_formula=truth, seed=arguments.seed, steps=arguments.steps, methods=methods, progress=not arguments.quiet
         )
     except MultKANError as error:
-        print(f"multkan discover: {error}", file=sys.stderr)
+        print(f"multkan discover: {_cli_message(error)}", file=sys.stderr)
         return 2
     folder = Path(arguments.out) / run_name
-    written = _write_outputs(folder, result, dataset)
+    report, written, removed = _write_outputs(folder, result, dataset, _target_name(arguments))
 
     if arguments.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(report, indent=2))
         return 0
     print(f"formula:  {result.formula}")
     print(f"method:   {result.method}")
@@ -97,7 +215,17 @@ def _discover(arguments: argparse.Namespace) -> int:
     if truth is not None:
         print(f"true formula: {truth}   recovered exactly: {'yes' if result.exact else 'no'}")
     print(f"time: {result.seconds:.1f} s; outputs in {folder}: {', '.join(written)}")
+    if removed:
+        print(f"removed {', '.join(removed)} of an earlier run from {folder}, because no method of this run produced a network")
     return 0
+
+
+def _target_name(arguments: argparse.Namespace) -> str:
+    if arguments.data is not None:
+        return arguments.target.strip()
+    from .feynman import get_equation
+
+    return get_equation(arguments.feynman or DEFAULT_EQUATION).output
 
 
 def _bench_one(equation_id: str, seed: int, steps: int, methods: tuple[str, ...] = ("power_law", "additive", "multiplicative", "mult_node")) -> dict:
@@ -148,7 +276,7 @@ def _bench(arguments: argparse.Namespace) -> int:
             problems.append("invalid --ids: expected comma-separated equation ids such as I.12.1,I.6.20a")
         ids = [get_equation(i).id for i in names] if names else list_equations(arguments.set)
     except MultKANError as error:
-        problems.append(str(error))
+        problems.append(_cli_message(error))
     if problems:
         print("multkan bench: " + "; ".join(problems), file=sys.stderr)
         return 2
@@ -231,7 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="power_law,additive,multiplicative,mult_node",
         help="comma-separated methods to try, from power_law, additive, multiplicative, mult_node (default: all)",
     )
-    discover.add_argument("--out", default="multkan-out", help="folder for report.json, network.png and model.safetensors (default multkan-out)")
+    discover.add_argument(
+        "--out",
+        default="multkan-out",
+        help="folder that gets one subfolder per run with report.json, network.png and model.safetensors; a rerun replaces them and removes the ones it does not write (default multkan-out)",
+    )
     discover.add_argument("--quiet", action="store_true", help="hide progress bars")
     discover.add_argument("--json", action="store_true", help="print the report as JSON instead of a summary")
     discover.set_defaults(handler=_discover)
