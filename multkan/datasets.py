@@ -17,6 +17,7 @@ from .errors import InvalidDataError, invalid_parameter
 __all__ = ["create_dataset", "dataset_from_arrays", "check_finite", "DATASET_KEYS"]
 
 DATASET_KEYS = ("train_input", "train_label", "test_input", "test_label")
+NONFINITE_OPTIONS = ("raise", "drop")
 
 
 def _ranges(ranges: Any, n_var: int) -> np.ndarray:
@@ -40,6 +41,7 @@ def create_dataset(
     seed: int = 0,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    nonfinite: str = "raise",
 ) -> dict[str, torch.Tensor]:
     """Sample inputs uniformly in ``ranges`` and label them with ``f``.
 
@@ -60,12 +62,27 @@ def create_dataset(
         ``label_mean`` and ``label_std`` so results can be mapped back.
     seed : int
         Seed of a local generator; the global RNG state is not touched.
+    nonfinite : {"raise", "drop"}
+        What to do with rows whose label is NaN or infinite, as where ``f``
+        is undefined on part of ``ranges`` (``log`` of a negative number).
+        ``"raise"`` raises :class:`~multkan.errors.InvalidDataError`;
+        ``"drop"`` removes those rows, so the training and test sets can be
+        smaller than ``train_num`` and ``test_num``. Rows are dropped before
+        normalisation.
 
     Returns
     -------
     dict
         ``train_input`` (train_num, n_var), ``train_label`` (train_num, n_out),
         ``test_input``, ``test_label``.
+
+    Raises
+    ------
+    InvalidDataError
+        When ``f`` returns labels of the wrong shape. When a label is not
+        finite and ``nonfinite="raise"``, or when ``nonfinite="drop"``
+        leaves no training or no test row. The message gives the number of
+        rows and an input where ``f`` is not finite.
 
     Examples
     --------
@@ -78,6 +95,8 @@ def create_dataset(
     for name, value in (("train_num", train_num), ("test_num", test_num)):
         if not isinstance(value, int) or value < 1:
             raise invalid_parameter(name, "an integer >= 1", value)
+    if nonfinite not in NONFINITE_OPTIONS:
+        raise invalid_parameter("nonfinite", " or ".join(map(repr, NONFINITE_OPTIONS)), nonfinite)
     bounds = torch.as_tensor(_ranges(ranges, n_var), dtype=torch.float64)
     dtype = dtype or torch.get_default_dtype()
 
@@ -85,8 +104,8 @@ def create_dataset(
     width = bounds[:, 1] - bounds[:, 0]
     train_input = bounds[:, 0] + width * torch.rand(train_num, n_var, generator=generator, dtype=torch.float64)
     test_input = bounds[:, 0] + width * torch.rand(test_num, n_var, generator=generator, dtype=torch.float64)
-    train_label = _labels(f, train_input)
-    test_label = _labels(f, test_input)
+    train_input, train_label = _finite_rows(train_input, _labels(f, train_input), "train", nonfinite)
+    test_input, test_label = _finite_rows(test_input, _labels(f, test_input), "test", nonfinite)
 
     data = {"train_input": train_input, "train_label": train_label, "test_input": test_input, "test_label": test_label}
     if normalize_input:
@@ -103,6 +122,28 @@ def _labels(f: Callable, x: torch.Tensor) -> torch.Tensor:
     if labels.ndim != 2 or labels.shape[0] != x.shape[0]:
         raise InvalidDataError(f"invalid labels from f: expected shape ({x.shape[0]},) or ({x.shape[0]}, n_out), received {tuple(labels.shape)}")
     return labels
+
+
+def _finite_rows(x: torch.Tensor, labels: torch.Tensor, part: str, nonfinite: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``x`` and ``labels`` without the rows whose label is not finite, or raise when ``nonfinite="raise"``."""
+    bad = ~torch.isfinite(labels).all(dim=1)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return x, labels
+    first = int(bad.nonzero()[0, 0])
+    example = ", ".join(f"{value:.6g}" for value in x[first].tolist())
+    values = ", ".join(f"{value:g}" for value in labels[first].tolist())
+    n_nan = int(torch.isnan(labels).any(dim=1).sum())
+    found = (
+        f"f returned non-finite labels for {n_bad} of {x.shape[0]} {part} rows ({n_nan} NaN, {n_bad - n_nan} infinite), "
+        f"for example f(x) = [{values}] at x = [{example}]"
+    )
+    if nonfinite == "raise":
+        raise InvalidDataError(f"{found}. Narrow ranges to where f is finite, or pass nonfinite='drop' to drop these rows.")
+    if n_bad == x.shape[0]:
+        raise InvalidDataError(f"{found}, so nonfinite='drop' leaves no {part} rows. Choose ranges where f is finite.")
+    keep = ~bad
+    return x[keep], labels[keep]
 
 
 def _standardise(data: dict[str, torch.Tensor], part: str) -> None:
