@@ -14,6 +14,7 @@ import difflib
 import io
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ MAX_LISTED = 5
 # Cells that spreadsheet and R exports write for a missing value. "nan" and
 # "inf" are parsed as numbers and reported as non-finite instead.
 MISSING_MARKERS = frozenset({"", "na", "n/a", "null", "none"})
+# A number written with a decimal comma, such as "1,5" or "-0,25e3".
+DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
 
 
 class ConstantInputWarning(MultKANWarning):
@@ -103,7 +106,10 @@ def read_table(
 
     The delimiter is a comma for ``.csv``, a tab for ``.tsv`` and ``.tab``,
     and otherwise detected with :class:`csv.Sniffer` among comma, tab and
-    semicolon. The file must be UTF-8 text (a byte order mark is allowed).
+    semicolon. A ``.csv``, ``.tsv`` or ``.tab`` file whose header line lacks
+    the delimiter of its suffix but contains exactly one of the others is
+    read with that one, so a semicolon-separated ``.csv`` file (the usual
+    export where the decimal separator is a comma) is accepted. The file must be UTF-8 text (a byte order mark is allowed).
     Blank lines are skipped, and spaces around names and values are ignored.
 
     Parameters
@@ -126,6 +132,8 @@ def read_table(
     ------
     InvalidDataError
         When the file is missing, empty, not UTF-8 or has no header. When
+        the header is one column that contains more than one other
+        delimiter, which then names the delimiters it found. When
         a requested column is unknown or its name appears twice. When a row
         has the wrong number of fields, or the file has fewer than
         ``min_rows`` data rows. When a selected column contains a non-numeric, missing (empty,
@@ -159,6 +167,7 @@ def read_table(
     rows = records[1:]
 
     names = _column_names(path, header, header_line, delimiter)
+    _check_one_column_header(path, names, header_line, delimiter)
     target_index, input_indices = _select_columns(path, names, target, requested_inputs)
     _check_field_counts(path, rows, len(names), delimiter)
     if len(rows) < min_rows:
@@ -217,7 +226,7 @@ def _read_text(path: Path) -> str:
 def _detect_delimiter(path: Path, text: str) -> str:
     suffix = path.suffix.lower()
     if suffix in DELIMITERS_BY_SUFFIX:
-        return DELIMITERS_BY_SUFFIX[suffix]
+        return _header_delimiter(text, DELIMITERS_BY_SUFFIX[suffix])
     try:
         return csv.Sniffer().sniff(text[:SNIFF_CHARS], delimiters=SNIFFED_DELIMITERS).delimiter
     except csv.Error:
@@ -228,6 +237,20 @@ def _detect_delimiter(path: Path, text: str) -> str:
         counts = {delimiter: first_line.count(delimiter) for delimiter in SNIFFED_DELIMITERS}
         best = max(counts, key=counts.get)
         return best if counts[best] > 0 else ","
+
+
+def _header_delimiter(text: str, expected: str) -> str:
+    """Return ``expected``, or the one other delimiter in the header line when the header lacks ``expected``.
+
+    The header line decides, not :class:`csv.Sniffer`, because in a
+    semicolon-separated file with decimal commas the data rows contain
+    commas too.
+    """
+    header = text.lstrip().splitlines()[0]
+    if expected in header:
+        return expected
+    others = [delimiter for delimiter in SNIFFED_DELIMITERS if delimiter != expected and delimiter in header]
+    return others[0] if len(others) == 1 else expected
 
 
 def _split_records(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str]]]:
@@ -283,6 +306,21 @@ def _column_index(path: Path, names: list[str], name: str, role: str) -> int:
     raise InvalidDataError(message)
 
 
+def _check_one_column_header(path: Path, header: list[str], line: int, delimiter: str) -> None:
+    """Raise when the header is one column that contains other delimiters, so the file was split on the wrong one."""
+    if len(header) != 1:
+        return
+    found = [DELIMITER_NAMES[other] for other in SNIFFED_DELIMITERS if other != delimiter and other in header[0]]
+    if not found:
+        return
+    raise InvalidDataError(
+        f"{path}, line {line}: the header {header[0]!r} was read as one column with {DELIMITER_NAMES.get(delimiter, repr(delimiter))}s "
+        f"as delimiter, but it contains {' and '.join(f'{name}s' for name in found)}, so the delimiter looks like "
+        f"{' or '.join(f'a {name}' for name in found)}. Save the file with one kind of delimiter, "
+        "such as commas in a .csv file or tabs in a .tsv file."
+    )
+
+
 def _close_matches(name: str, names: list[str]) -> list[str]:
     same_case_insensitive = [column for column in names if column.lower() == name.lower()]
     similar = difflib.get_close_matches(name.lower(), [column.lower() for column in names], n=3, cutoff=0.6)
@@ -307,6 +345,7 @@ def _parse_values(path: Path, rows: list[tuple[int, list[str]]], names: list[str
     """Parse the selected columns into an array of shape (n_rows, len(columns)), raising on any invalid cell."""
     values = np.empty((len(rows), len(columns)), dtype=np.float64)
     non_numeric: list[str] = []
+    decimal_commas: list[str] = []
     missing: list[str] = []
     for row, (line, fields) in enumerate(rows):
         for position, column in enumerate(columns):
@@ -319,15 +358,19 @@ def _parse_values(path: Path, rows: list[tuple[int, list[str]]], names: list[str
                 value = float(cell)
             except ValueError:
                 non_numeric.append(f"{where}: {cell!r}")
+                if DECIMAL_COMMA.fullmatch(cell):
+                    decimal_commas.append(cell)
                 continue
             if not math.isfinite(value):
                 missing.append(f"{where}: {cell!r}")
             values[row, position] = value
 
     if non_numeric:
+        hint = "Fix these cells, or leave a text column out of inputs."
+        if decimal_commas:
+            hint = f"Values such as {decimal_commas[0]!r} use a decimal comma: write them with a decimal point, as in {decimal_commas[0].replace(',', '.')!r}."
         raise InvalidDataError(
-            f"{path}: {_count(len(non_numeric), 'non-numeric value')} in the selected columns ({_listing(non_numeric)}). "
-            "Fix these cells, or leave a text column out of inputs."
+            f"{path}: {_count(len(non_numeric), 'non-numeric value')} in the selected columns ({_listing(non_numeric)}). {hint}"
         )
     if missing:
         raise InvalidDataError(

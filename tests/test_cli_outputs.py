@@ -270,3 +270,12 @@ def test_no_formula_message_in_cli_words(tmp_path, capsys):
     error = _discover_error(tmp_path, capsys, [str(path), "--target", "y", "--methods", "power_law"])
     assert "discover found no formula" in error
     assert "Check the data, add rows (or raise --samples), or try more --methods." in error
+
+
+def test_discover_reads_semicolon_csv(tmp_path, capsys):
+    path = _table(tmp_path, [f"{i};{i + 1};{i * (i + 1)}" for i in range(1, 13)], header="a;b;y")
+    status = main(["discover", str(path), "--target", "y", "--methods", "power_law", "--out", str(tmp_path / "out"), "--quiet", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert report["variables"] == ["a", "b"]
+    assert report["formula"] == "a*b"

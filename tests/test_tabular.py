@@ -319,3 +319,73 @@ def test_varying_inputs_do_not_warn(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_table(path, target="y")
+
+
+# Files whose delimiter differs from their suffix.
+
+
+@pytest.mark.parametrize(("name", "delimiter"), [("data.csv", ";"), ("data.csv", "\t"), ("data.tsv", ","), ("data.tsv", ";"), ("data.tab", ";")])
+def test_header_delimiter_overrides_suffix(tmp_path, name, delimiter):
+    path = _write(tmp_path, name, _numeric_rows(delimiter=delimiter))
+    table = read_table(path, target="y")
+    assert table.delimiter == delimiter
+    assert table.input_names == ["a", "b"]
+    assert table.X.shape == (12, 2)
+    assert np.array_equal(table.y, table.X.sum(axis=1))
+
+
+def test_semicolon_csv_with_quoted_names(tmp_path):
+    text = '"a";"b";"y"\n' + "".join(f"{i};{i + 1};{2 * i + 1}\n" for i in range(10))
+    table = read_table(_write(tmp_path, "data.csv", text), target="y")
+    assert table.delimiter == ";"
+    assert table.input_names == ["a", "b"]
+    assert np.array_equal(table.y, table.X.sum(axis=1))
+
+
+def test_suffix_delimiter_kept_when_in_header(tmp_path):
+    # The header contains a comma, so a semicolon inside a name does not switch the delimiter.
+    text = "a;1,b,y\n" + "".join(f"{i},{i + 1},{2 * i + 1}\n" for i in range(10))
+    table = read_table(_write(tmp_path, "data.csv", text), target="y")
+    assert table.delimiter == ","
+    assert table.input_names == ["a;1", "b"]
+
+
+def test_one_column_header_names_delimiters(tmp_path):
+    text = "a;b\ty\n" + "".join(f"{i};{i}\t{i}\n" for i in range(12))
+    path = _write(tmp_path, "data.csv", text)
+    with pytest.raises(InvalidDataError) as caught:
+        read_table(path, target="y")
+    message = str(caught.value)
+    assert message.startswith(f"{path}, line 1: the header 'a;b\\ty' was read as one column with commas as delimiter")
+    assert "it contains tabs and semicolons, so the delimiter looks like a tab or a semicolon" in message
+    assert "Save the file with one kind of delimiter" in message
+
+
+def test_one_column_without_other_delimiter(tmp_path):
+    path = _write(tmp_path, "data.csv", "y\n" + "".join(f"{i}\n" for i in range(12)))
+    with pytest.raises(InvalidDataError, match="has only the target column 'y'"):
+        read_table(path, target="y")
+
+
+def test_decimal_comma_hint(tmp_path):
+    text = "a;b;y\n" + "".join(f"{i},5;{i};{i}\n" for i in range(12))
+    with pytest.raises(InvalidDataError) as caught:
+        read_table(_write(tmp_path, "data.csv", text), target="y")
+    message = str(caught.value)
+    assert "12 non-numeric values" in message
+    assert "line 2, column 'a': '0,5'" in message
+    assert "Values such as '0,5' use a decimal comma: write them with a decimal point, as in '0.5'." in message
+    assert "leave a text column out" not in message
+
+
+@pytest.mark.parametrize("cell", ["1,5", "-0,25", ",5", "2,5e3"])
+def test_decimal_comma_forms(tmp_path, cell):
+    text = "a;y\n" + "".join(f"{cell if i == 0 else i};{i}\n" for i in range(12))
+    with pytest.raises(InvalidDataError, match="use a decimal comma"):
+        read_table(_write(tmp_path, "data.csv", text), target="y")
+
+
+def test_text_cell_gets_no_decimal_comma_hint(tmp_path):
+    text = "a;y\n" + "".join(f"{'red,blue' if i == 0 else i};{i}\n" for i in range(12))
+    with pytest.raises(InvalidDataError, match="leave a text column out of inputs"):
+        read_table(_write(tmp_path, "data.csv", text), target="y")
