@@ -19,6 +19,7 @@ __all__ = ["KANRegressor"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PREDICT_CHUNK = 4096
+SELECTIONS = ("score", "simplest")
 
 
 class KANRegressor(RegressorMixin, BaseEstimator):
@@ -68,6 +69,13 @@ class KANRegressor(RegressorMixin, BaseEstimator):
     lib : sequence of str, optional
         Names of the symbolic functions that ``symbolic=True`` tries; the
         model's whole library by default.
+    selection : {"score", "simplest"}
+        How ``symbolic=True`` picks each edge's function, passed to
+        :func:`multkan.symbolic.auto_symbolic`. ``"score"`` takes the best
+        ranking score. ``"simplest"`` takes the least complex function whose
+        unexplained variance ``1 - r2`` is at most 10 times that of the best
+        fit, which prefers ``x`` over a slightly better ``arcsin`` on a
+        nearly straight edge.
 
     Attributes
     ----------
@@ -118,6 +126,7 @@ class KANRegressor(RegressorMixin, BaseEstimator):
         prune=False,
         dtype="float64",
         lib=None,
+        selection="score",
     ):
         self.width = width
         self.grid = grid
@@ -133,6 +142,7 @@ class KANRegressor(RegressorMixin, BaseEstimator):
         self.prune = prune
         self.dtype = dtype
         self.lib = lib
+        self.selection = selection
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -154,6 +164,8 @@ class KANRegressor(RegressorMixin, BaseEstimator):
         for name in ("symbolic", "prune", "update_grid"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise invalid_parameter(name, "True or False", getattr(self, name))
+        if not isinstance(self.selection, str) or self.selection not in SELECTIONS:
+            raise invalid_parameter("selection", " or ".join(map(repr, SELECTIONS)), self.selection)
         dtype = self._torch_dtype()
         seed = self._int_seed()
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
@@ -187,7 +199,7 @@ class KANRegressor(RegressorMixin, BaseEstimator):
             history["prune"] = model.fit(dataset, lamb=0.0, update_grid=self.update_grid, **training)
         formula = None
         if self.symbolic:
-            model.auto_symbolic(self.lib)
+            model.auto_symbolic(self.lib, selection=self.selection)
             history["symbolic"] = model.fit(dataset, lamb=0.0, update_grid=False, **training)
             formulas = model.symbolic_formula(numeric_edges="function")
             formula = formulas[0] if y.ndim == 1 else list(formulas)

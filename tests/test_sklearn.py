@@ -191,10 +191,56 @@ def test_width_mismatch():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("dtype", "float16"), ("seed", 1.5), ("symbolic", "yes"), ("prune", 1), ("steps", 0), ("opt", "SGD")],
+    [("dtype", "float16"), ("seed", 1.5), ("symbolic", "yes"), ("prune", 1), ("steps", 0), ("opt", "SGD"), ("selection", "best"), ("selection", None)],
 )
 def test_invalid_parameter(name, value):
     X, y = _product_data(30, seed=0)
     model = KANRegressor(steps=2).set_params(**{name: value})
     with pytest.raises(InvalidParameterError, match=name):
         model.fit(X, y)
+
+
+# Symbolic function selection.
+
+
+def _nearly_straight_data():
+    """Return arcsin(0.3 x) plus noise: arcsin fits best, and x leaves about 6 times its unexplained variance."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(300, 1))
+    return X, np.arcsin(0.3 * X[:, 0]) + 0.003 * rng.normal(size=300)
+
+
+def test_selection_simplest_prefers_x():
+    X, y = _nearly_straight_data()
+    chosen = {}
+    for selection in ("score", "simplest"):
+        model = KANRegressor(width=[1, 1], steps=20, update_grid=False, symbolic=True, lib=("x", "arcsin"), selection=selection).fit(X, y)
+        chosen[selection] = model.model_.layers[0].symbolic_names[(0, 0)]
+        if selection == "simplest":
+            assert not model.formula_.has(sympy.asin)
+            evaluate = sympy.lambdify(sympy.Symbol("x0"), model.formula_, "numpy")
+            assert np.allclose(evaluate(X[:, 0]), model.predict(X), atol=1e-8)
+    assert chosen == {"score": "arcsin", "simplest": "x"}
+
+
+def test_selection_passed_to_auto_symbolic(monkeypatch):
+    received = []
+    original = MultKAN.auto_symbolic
+
+    def recording_auto_symbolic(model, lib=None, **options):
+        received.append((lib, options))
+        return original(model, lib, **options)
+
+    monkeypatch.setattr(MultKAN, "auto_symbolic", recording_auto_symbolic)
+    X, y = _product_data(60, seed=0)
+    KANRegressor(steps=2, symbolic=True, lib=("x", "x^2"), selection="simplest").fit(X, y)
+    KANRegressor(steps=2, symbolic=True, lib=("x", "x^2")).fit(X, y)
+    assert received == [(("x", "x^2"), {"selection": "simplest"}), (("x", "x^2"), {"selection": "score"})]
+
+
+def test_selection_in_params_and_clone():
+    model = KANRegressor()
+    assert model.get_params()["selection"] == "score"
+    model.set_params(selection="simplest")
+    assert model.selection == "simplest"
+    assert clone(model).get_params()["selection"] == "simplest"
