@@ -26,10 +26,15 @@ def __getattr__(name: str):
         from .sklearn import KANRegressor
 
         return KANRegressor
+    if name == "BatchedMultKAN":
+        from .batch import BatchedMultKAN
+
+        return BatchedMultKAN
     raise AttributeError(f"module 'multkan' has no attribute {name!r}")
 
 
 __all__ = [
+    "BatchedMultKAN",
     "CheckpointError",
     "EdgeId",
     "GraphError",
