@@ -228,7 +228,14 @@ def knot_reciprocals(grid: torch.Tensor, k: int) -> list[torch.Tensor]:
     return [1.0 / (grid[..., p:] - grid[..., :-p]) for p in range(1, k + 1)]
 
 
-def _cox_de_boor(x: torch.Tensor, grid: torch.Tensor, k: int, reciprocals: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor]:
+def _cox_de_boor(
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    k: int,
+    reciprocals: list[torch.Tensor],
+    out: torch.Tensor | None = None,
+    knot_dim: int = -1,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Run the recursion and return the bases of order ``k - 1`` (None for k = 0) and ``k``.
 
     With ``w_{m,p} = (x - t_m) / (t_{m+p} - t_m)`` the recursion reads
@@ -236,25 +243,51 @@ def _cox_de_boor(x: torch.Tensor, grid: torch.Tensor, k: int, reciprocals: list[
     order costs two products, a difference and a sum on the full basis
     tensor. ``x - t_m`` is formed once for all orders. The knots must be
     strictly increasing, which the closed form of order 1 relies on.
+
+    When ``out`` is given, a tensor (or strided view) of the basis shape,
+    the order ``k`` basis is written into it and ``out`` is returned as the
+    second value.
+
+    ``knot_dim`` is -1 for ``x`` of shape (batch, n_in), ``grid`` of shape
+    (n_in, n_knots) and bases of shape (batch, n_in, n_basis). With
+    ``knot_dim=1``, ``x`` is (n_in, batch), ``grid`` and the reciprocals
+    are columns (n_in, length, 1) and the bases are (n_in, n_basis, batch).
     """
-    shift = x.unsqueeze(-1) - grid
-    n_knots = grid.shape[-1]
+    if knot_dim == -1:
+        shift = x.unsqueeze(-1) - grid
+    else:
+        shift = x.unsqueeze(1) - grid
+    n_knots = grid.shape[knot_dim]
+
+    def head(tensor: torch.Tensor, length: int) -> torch.Tensor:
+        return tensor.narrow(knot_dim, 0, length)
+
+    def tail(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.narrow(knot_dim, 1, tensor.shape[knot_dim] - 1)
+
     if k >= 2:
         # Order 1 in closed form: the hat B_{m,1} = max(0, min(w_{m,1}, 1 - w_{m+1,1})).
-        weight = shift[..., : n_knots - 1] * reciprocals[0]
-        basis = torch.minimum(weight[..., :-1], 1 - weight[..., 1:]).clamp_min(0)
+        weight = head(shift, n_knots - 1) * reciprocals[0]
+        basis = torch.minimum(head(weight, n_knots - 2), 1 - tail(weight)).clamp_min(0)
         first = 2
     else:
         # x >= t_m minus x >= t_{m+1} is the indicator of [t_m, t_{m+1}) for increasing knots.
         step = (shift >= 0).to(x.dtype)
-        basis = step[..., :-1] - step[..., 1:]
+        basis = head(step, n_knots - 1) - tail(step)
         first = 1
     lower = None
     for p in range(first, k + 1):
-        weight = shift[..., : n_knots - p] * reciprocals[p - 1]
+        weight = head(shift, n_knots - p) * reciprocals[p - 1]
         weighted = weight * basis
         lower = basis
-        basis = weighted[..., :-1] + (basis - weighted)[..., 1:]
+        rest = tail(basis - weighted)
+        if p == k and out is not None:
+            basis = torch.add(head(weighted, n_knots - p - 1), rest, out=out)
+        else:
+            basis = head(weighted, n_knots - p - 1) + rest
+    if out is not None and basis is not out:
+        # k = 0: the loop did not run.
+        basis = out.copy_(basis)
     return lower, basis
 
 

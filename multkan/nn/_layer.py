@@ -8,11 +8,12 @@ targets (plain sums, then mult operands), ``n_out`` nodes the layer passes on
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from ..splines import bspline_basis, extend_grid, knot_reciprocals
+from ..splines import _cox_de_boor, _use_local, bspline_basis, extend_grid, knot_reciprocals
 
 __all__ = ["MultKANLayer", "BASE_FUNCTIONS"]
 
@@ -21,6 +22,168 @@ BASE_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda x: x,
     "zero": torch.zeros_like,
 }
+
+
+def _silu_into(x: torch.Tensor, value: torch.Tensor, derivative: torch.Tensor | None) -> None:
+    torch.ops.aten.silu.out(x, out=value)
+    if derivative is not None:
+        # silu'(x) = s (1 + x (1 - s)) with s = sigmoid(x), which equals silu(x) + s (1 - silu(x)).
+        torch.addcmul(value, torch.sigmoid(x), 1 - value, out=derivative)
+
+
+def _identity_into(x: torch.Tensor, value: torch.Tensor, derivative: torch.Tensor | None) -> None:
+    value.copy_(x)
+    if derivative is not None:
+        derivative.fill_(1.0)
+
+
+def _zero_into(x: torch.Tensor, value: torch.Tensor, derivative: torch.Tensor | None) -> None:
+    value.zero_()
+    if derivative is not None:
+        derivative.zero_()
+
+
+# Base functions of the fused layer: each writes b(x) and, when asked, b'(x)
+# into the given views. A base function missing here takes the unfused path.
+_BASE_INTO: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], None]] = {
+    "silu": _silu_into,
+    "identity": _identity_into,
+    "zero": _zero_into,
+}
+
+
+def _fused_weights(coef: torch.Tensor, scale_sp: torch.Tensor, scale_base: torch.Tensor, spline_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the weight matrix (n_in * (n_basis + 1), n_sub) of the fused product and ``scale_sp * spline_mask``.
+
+    Row ``i * (n_basis + 1) + m`` contains ``spline_mask_ij scale_sp,ij c_ijm``
+    for ``m < n_basis`` and ``spline_mask_ij scale_base,ij`` for the last
+    row of input ``i``, matching the feature layout of :func:`_fused_sums`.
+    """
+    spline_weight = scale_sp * spline_mask
+    weights = torch.cat([(coef * spline_weight.unsqueeze(-1)).transpose(1, 2), (scale_base * spline_mask).unsqueeze(1)], dim=1)
+    return weights.view(-1, coef.shape[1]), spline_weight
+
+
+def _fused_sums(x, coef, scale_sp, scale_base, spline_mask, grid, k, reciprocals, derivative_scale, base_fun, with_derivative):
+    """Return the target sums of the spline and base terms, the features, their derivative and the weights.
+
+    The features of input ``i`` are ``B_0(x_i), ..., B_{n_basis-1}(x_i), b(x_i)``,
+    stored input-major as (n_in, n_basis + 1, batch), so one matrix product
+    with :func:`_fused_weights` gives the sums. With ``with_derivative`` the
+    derivative of every feature with respect to ``x_i`` is returned in the
+    same layout (None otherwise), from ``dB_{m,k}/dx = k B_{m,k-1} /
+    (t_{m+k} - t_m) - k B_{m+1,k-1} / (t_{m+k+1} - t_{m+1})``.
+
+    ``grid``, ``reciprocals`` and ``derivative_scale`` come as columns of
+    shape (n_in, length, 1), see :meth:`MultKANLayer._spline_constants`. The
+    batch is the last, contiguous dimension, so every slice of the recursion
+    reads whole rows and each knot broadcasts as one value per row. On one
+    thread of a 2-core AMD EPYC (torch 2.13, 5 inputs, G 5, 1000 rows) this
+    made the basis 3.5 times faster than the (batch, n_in, n_basis) layout.
+    """
+    batch, n_in = x.shape
+    n_basis = coef.shape[-1]
+    features = x.new_empty(n_in, n_basis + 1, batch)
+    inputs = x.T.contiguous()
+    lower, _ = _cox_de_boor(inputs, grid, k, reciprocals, out=features[:, :n_basis], knot_dim=1)
+    derivative = None
+    if with_derivative:
+        derivative = x.new_empty(n_in, n_basis + 1, batch)
+        if k == 0:
+            derivative[:, :n_basis].zero_()
+        else:
+            scaled = lower * derivative_scale
+            torch.sub(scaled[:, :-1], scaled[:, 1:], out=derivative[:, :n_basis])
+    _BASE_INTO[base_fun](inputs, features[:, n_basis], None if derivative is None else derivative[:, n_basis])
+    weights, spline_weight = _fused_weights(coef, scale_sp, scale_base, spline_mask)
+    sums = features.view(-1, batch).T @ weights
+    return sums, features, derivative, weights, spline_weight
+
+
+def _unfused_sums(x, coef, scale_sp, scale_base, spline_mask, grid, k, base_fun):
+    """Return the same sums as :func:`_fused_sums` from differentiable torch operations."""
+    spline_weight = (coef * (scale_sp * spline_mask).unsqueeze(-1)).permute(0, 2, 1).reshape(-1, coef.shape[1])
+    basis = bspline_basis(x, grid, k).reshape(x.shape[0], -1)
+    return torch.addmm(BASE_FUNCTIONS[base_fun](x) @ (scale_base * spline_mask), basis, spline_weight)
+
+
+class _FusedSplineLayer(torch.autograd.Function):
+    """The spline and base terms of a layer as one autograd node.
+
+    The forward pass evaluates the basis, the base function and, when ``x``
+    requires a gradient, their derivatives, then takes one matrix product.
+    The backward pass is two matrix products and a few elementwise
+    operations. With ``create_graph=True`` the backward pass recomputes the
+    sums with differentiable operations, so higher derivatives are exact.
+    """
+
+    @staticmethod
+    def forward(ctx, x, coef, scale_sp, scale_base, spline_mask, grid, k, reciprocals, derivative_scale, base_fun):
+        sums, features, derivative, weights, spline_weight = _fused_sums(
+            x, coef, scale_sp, scale_base, spline_mask, grid, k, reciprocals, derivative_scale, base_fun, ctx.needs_input_grad[0]
+        )
+        ctx.k = k
+        ctx.base_fun = base_fun
+        ctx.save_for_backward(x, coef, scale_sp, scale_base, spline_mask, grid, features, derivative, weights, spline_weight)
+        return sums
+
+    @staticmethod
+    def backward(ctx, grad_sums):
+        x, coef, scale_sp, scale_base, spline_mask, grid, features, derivative, weights, spline_weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:4]
+        nothing = (None,) * 6
+        if torch.is_grad_enabled():
+            return (*_differentiable_grads(x, coef, scale_sp, scale_base, spline_mask, grid, ctx.k, ctx.base_fun, needs, grad_sums), *nothing)
+
+        grad_x = grad_coef = grad_scale_sp = grad_scale_base = None
+        if needs[0]:
+            grad_features = (weights @ grad_sums.T).view(features.shape)
+            grad_x = (grad_features * derivative).sum(1).T
+        if needs[1] or needs[2] or needs[3]:
+            n_in, n_sub, n_basis = coef.shape
+            grad_weights = (features.view(-1, x.shape[0]) @ grad_sums).view(n_in, n_basis + 1, n_sub)
+            # Gradient with respect to coef * spline_weight, shape (n_in, n_sub, n_basis).
+            grad_spline = grad_weights[:, :n_basis].transpose(1, 2)
+            if needs[1]:
+                grad_coef = grad_spline * spline_weight.unsqueeze(-1)
+            if needs[2]:
+                grad_scale_sp = (grad_spline * coef).sum(-1) * spline_mask
+            if needs[3]:
+                grad_scale_base = grad_weights[:, n_basis] * spline_mask
+        return (grad_x, grad_coef, grad_scale_sp, grad_scale_base, *nothing)
+
+
+def _differentiable_grads(x, coef, scale_sp, scale_base, spline_mask, grid, k, base_fun, needs, grad_sums):
+    """Return the four input gradients of :class:`_FusedSplineLayer` as differentiable tensors (None where not needed).
+
+    ``grid`` is in the column layout of the fused layer, (n_in, n_knots, 1).
+    """
+    inputs = (x, coef, scale_sp, scale_base)
+    requested = [tensor for tensor, need in zip(inputs, needs) if need]
+    with torch.enable_grad():
+        sums = _unfused_sums(x, coef, scale_sp, scale_base, spline_mask, grid.squeeze(-1), k, base_fun)
+        grads = iter(torch.autograd.grad(sums, requested, grad_sums, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if need else None for need in needs)
+
+
+class _SplineConstants(NamedTuple):
+    """Functions of a layer's grid that every forward pass needs.
+
+    ``reciprocals`` is :func:`multkan.splines.knot_reciprocals` of the grid.
+    The fused layer uses the knots, the reciprocals and ``k / (t_{m+k} -
+    t_m)`` as columns of shape (n_in, length, 1); the last is None for k = 0.
+    """
+
+    reciprocals: list[torch.Tensor]
+    grid_columns: torch.Tensor
+    reciprocal_columns: list[torch.Tensor]
+    derivative_scale: torch.Tensor | None
+
+    @classmethod
+    def of(cls, grid: torch.Tensor, k: int) -> _SplineConstants:
+        reciprocals = knot_reciprocals(grid, k)
+        columns = [r.unsqueeze(-1) for r in reciprocals]
+        return cls(reciprocals, grid.unsqueeze(-1), columns, k * columns[-1] if k > 0 else None)
 
 
 class MultKANLayer(nn.Module):
@@ -97,7 +260,7 @@ class MultKANLayer(nn.Module):
         self.node_bias = nn.Parameter(torch.zeros(n_out, dtype=coef.dtype, device=coef.device), requires_grad=affine_trainable)
         self.register_buffer("operand_index", self._operand_index(n_sub), persistent=False)
         self._groups: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._reciprocal_cache: tuple[torch.Tensor, int, list[torch.Tensor]] | None = None
+        self._reciprocal_cache: tuple[torch.Tensor, int, _SplineConstants] | None = None
 
     def _operand_index(self, n_sub: int) -> torch.Tensor:
         """Gather index of shape (n_mult, max_arity); padding points at a column of ones."""
@@ -132,15 +295,19 @@ class MultKANLayer(nn.Module):
         so assigning a new grid, ``.to()``, ``load_state_dict`` and in-place
         edits all invalidate it.
         """
+        return self._spline_constants().reciprocals
+
+    def _spline_constants(self) -> _SplineConstants:
+        """Return the knot reciprocals and the constants of the fused layer, cached until the grid changes."""
         grid = self.grid
         if grid.requires_grad or grid.is_inference():
             # Inference tensors have no version counter, and a grid that
             # requires a gradient must not be cut from the graph.
-            return knot_reciprocals(grid, self.k)
+            return _SplineConstants.of(grid, self.k)
         cache = self._reciprocal_cache
         if cache is None or cache[0] is not grid or cache[1] != grid._version:
             with torch.no_grad():
-                cache = (grid, grid._version, knot_reciprocals(grid, self.k))
+                cache = (grid, grid._version, _SplineConstants.of(grid, self.k))
             self._reciprocal_cache = cache
         return cache[2]
 
@@ -248,11 +415,26 @@ class MultKANLayer(nn.Module):
         return torch.addcmul(self.node_bias, nodes, self.node_scale)
 
     def target_sums(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``u_j = sum_i phi_ij(x_i)`` for every target, shape (batch, n_sub)."""
-        weights = self.scale_sp * self.spline_mask
-        spline_weight = (self.coef * weights.unsqueeze(-1)).permute(0, 2, 1).reshape(-1, self.n_sub)
-        basis = self.basis(x).reshape(x.shape[0], -1)
-        sums = torch.addmm(self._base(x) @ (self.scale_base * self.spline_mask), basis, spline_weight)
+        """Return ``u_j = sum_i phi_ij(x_i)`` for every target, shape (batch, n_sub).
+
+        The spline and base terms take one fused autograd node
+        (:class:`_FusedSplineLayer`). Three cases use plain differentiable
+        operations instead: a grid large enough for the local basis, a grid
+        that requires a gradient and a base function without a fused form.
+        """
+        coef, scale_sp, scale_base, grid = self.coef, self.scale_sp, self.scale_base, self.grid
+        if self.base_fun in _BASE_INTO and not grid.requires_grad and not _use_local(grid, self.k):
+            constants = self._spline_constants()
+            arguments = (
+                x, coef, scale_sp, scale_base, self.spline_mask, constants.grid_columns, self.k,
+                constants.reciprocal_columns, constants.derivative_scale, self.base_fun,
+            )
+            if torch.is_grad_enabled() and (x.requires_grad or coef.requires_grad or scale_sp.requires_grad or scale_base.requires_grad):
+                sums = _FusedSplineLayer.apply(*arguments)
+            else:
+                sums = _fused_sums(*arguments, False)[0]
+        else:
+            sums = _unfused_sums(x, coef, scale_sp, scale_base, self.spline_mask, grid, self.k, self.base_fun)
         for _, target, values in self.symbolic_edge_values(x):
             sums = sums.index_add(1, target, values)
         return sums
