@@ -134,7 +134,7 @@ def _check_labels(labels: torch.Tensor, n_rows: int, model: MultKAN, loss_kind: 
     return labels.to(model.dtype) if labels.is_floating_point() or loss_kind == "mse" else labels
 
 
-def _check_options(opt, steps, lr, batch, n_train, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step, log):
+def _check_options(opt, steps, lr, batch, n_train, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step, log, lamb):
     if opt not in ("LBFGS", "Adam"):
         raise invalid_parameter("opt", "'LBFGS' or 'Adam'", opt)
     if not isinstance(steps, int) or steps < 1:
@@ -145,6 +145,8 @@ def _check_options(opt, steps, lr, batch, n_train, update_grid, grid_update_num,
         raise invalid_parameter("batch", "-1 (full batch) or an integer >= 1", batch)
     if not isinstance(log, int) or log < 1:
         raise invalid_parameter("log", "an integer >= 1", log)
+    if isinstance(lamb, bool) or not (isinstance(lamb, (int, float)) and lamb >= 0 and math.isfinite(lamb)):
+        raise invalid_parameter("lamb", "a finite number >= 0 (0 turns the regulariser off)", lamb)
     if update_grid:
         if not isinstance(grid_update_num, int) or grid_update_num < 1:
             raise invalid_parameter("grid_update_num", "an integer >= 1 when update_grid is True", grid_update_num)
@@ -154,17 +156,6 @@ def _check_options(opt, steps, lr, batch, n_train, update_grid, grid_update_num,
 
 def _snapshot(model: MultKAN) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
-
-
-def _all_finite(model: MultKAN, loss: torch.Tensor) -> bool:
-    if not bool(torch.isfinite(loss).all()):
-        return False
-    for parameter in model.parameters():
-        if not bool(torch.isfinite(parameter).all()):
-            return False
-        if parameter.grad is not None and not bool(torch.isfinite(parameter.grad).all()):
-            return False
-    return True
 
 
 @torch.no_grad()
@@ -249,9 +240,10 @@ def fit(
     -------
     dict
         ``train_loss`` and ``test_loss`` (RMSE for the default MSE loss,
-        the loss value otherwise) and ``reg``, one entry per logged step;
-        ``stopped_at`` is the step where training stopped early (a
-        non-finite loss or gradient, or an interrupt), else None.
+        the loss value otherwise) and ``reg``, one entry per logged step,
+        each at the parameters after that step; ``stopped_at`` is the step
+        where training stopped early (a non-finite loss or gradient, or an
+        interrupt), else None.
 
     Notes
     -----
@@ -262,48 +254,74 @@ def fit(
     training loss are restored (the parameters from before training when no
     step was logged yet), the interrupted step gets no history entry, and a
     warning is logged to the ``multkan.train`` logger instead of raising.
+
+    With full-batch training on at most 4096 rows, the next step evaluates
+    the objective on all training rows at the logged parameters before it
+    updates them, so the logged training loss and regulariser are taken
+    from that evaluation instead of a second forward pass. The last step
+    and steps followed by a grid update are evaluated separately.
     """
     loss, loss_kind = _loss_function(loss_fn, model.n_outputs)
     data = prepare_dataset(model, dataset, loss_kind)
     model.train_input = data["train_input"]
     n_train = data["train_input"].shape[0]
-    _check_options(opt, steps, lr, batch, n_train, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step, log)
+    _check_options(opt, steps, lr, batch, n_train, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step, log, lamb)
     batch_size = n_train if batch == -1 or batch > n_train else batch
     generator = torch.Generator().manual_seed(model.seed if seed is None else seed)
     grid_every = max(1, stop_grid_update_step // grid_update_num) if update_grid else 0
     grid_rows = _grid_rows(data["train_input"], generator)
 
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    parameters = _FlatParameters([p for p in model.parameters() if p.requires_grad])
+    try:
+        return _train(
+            model, data, parameters, loss, loss_kind, opt, steps, log, lamb, lr, max_iter, batch_size, generator,
+            update_grid, grid_every, start_grid_update_step, stop_grid_update_step, grid_rows, grid_eps, progress,
+            dict(lamb_l1=lamb_l1, lamb_entropy=lamb_entropy, lamb_coef=lamb_coef, lamb_coefdiff=lamb_coefdiff),
+        )
+    finally:
+        parameters.release()
+
+
+def _train(
+    model, data, parameters, loss, loss_kind, opt, steps, log, lamb, lr, max_iter, batch_size, generator,
+    update_grid, grid_every, start_grid_update_step, stop_grid_update_step, grid_rows, grid_eps, progress, reg_weights,
+) -> dict[str, Any]:
+    """Run the training loop of :func:`fit` on validated arguments."""
+    n_train = data["train_input"].shape[0]
     if opt == "Adam":
-        optimizer = torch.optim.Adam(parameters, lr=lr)
+        optimizer = torch.optim.Adam(parameters.optimized, lr=lr)
     else:
         optimizer = torch.optim.LBFGS(
-            parameters, lr=lr, max_iter=max_iter, history_size=10, line_search_fn="strong_wolfe",
+            parameters.optimized, lr=lr, max_iter=max_iter, history_size=10, line_search_fn="strong_wolfe",
             tolerance_grad=1e-32, tolerance_change=1e-32,
         )
+    no_reg = torch.zeros((), dtype=model.dtype, device=model.device)
 
     def objective(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if lamb > 0:
-            prediction, reg = regularization(
-                model, inputs, lamb_l1=lamb_l1, lamb_entropy=lamb_entropy, lamb_coef=lamb_coef, lamb_coefdiff=lamb_coefdiff
-            )
+            prediction, reg = regularization(model, inputs, **reg_weights)
         else:
-            prediction, reg = model(inputs), torch.zeros((), dtype=inputs.dtype, device=inputs.device)
+            prediction, reg = model(inputs), no_reg
         return loss(prediction, labels), reg
 
-    history: dict[str, Any] = {"train_loss": [], "test_loss": [], "reg": [], "stopped_at": None}
-    last_finite = _snapshot(model)
-    # The logged step with the lowest training loss, restored on Ctrl-C. Its
-    # state shares the tensors of last_finite, which are never modified.
-    last_uniform = _uniform_flags(model)
-    best = _BestStep(None, math.inf, last_finite, last_uniform)
-    n_logged = 0
+    history = _History(model, data, loss, loss_kind, lamb, objective)
+    # A full-batch step evaluates the objective on all training rows at the
+    # parameters of the previous step before it changes them. So the
+    # training loss and regulariser of a logged step are taken from the
+    # next step instead of a second forward pass.
+    # Only for at most EVAL_CHUNK rows, where _evaluate also takes one pass,
+    # so the logged value is the same whichever pass computed it.
+    reuse_next = batch_size == n_train and n_train <= EVAL_CHUNK
     current_step = 0
     bar = tqdm(range(steps), desc="fit", disable=not progress, dynamic_ncols=True)
+    history.bar = bar
     try:
         for step in bar:
             current_step = step
             if update_grid and start_grid_update_step <= step < stop_grid_update_step and step % grid_every == 0:
+                # The grid update changes the model's function, so the next
+                # objective is no longer that of the pending step.
+                history.complete_pending()
                 model.update_grid(grid_rows, grid_eps=grid_eps)
                 if opt == "LBFGS":
                     optimizer.state.clear()
@@ -314,41 +332,205 @@ def fit(
                 rows = torch.randperm(n_train, generator=generator)[:batch_size].to(model.device)
                 inputs, labels = data["train_input"][rows], data["train_label"][rows]
 
+            first_evaluation: list[torch.Tensor] = []
+
             def closure() -> torch.Tensor:
-                optimizer.zero_grad()
+                parameters.zero_grad()
                 objective_loss, reg = objective(inputs, labels)
-                total = objective_loss + lamb * reg
+                total = objective_loss + lamb * reg if lamb > 0 else objective_loss
                 total.backward()
+                if not first_evaluation:
+                    first_evaluation.extend((objective_loss.detach(), reg.detach()))
                 return total
 
             total = optimizer.step(closure)
-            if not _all_finite(model, total.detach()):
-                model.load_state_dict(last_finite)
-                for layer, uniform in zip(model.layers, last_uniform):
-                    layer.uniform = uniform
-                history["stopped_at"] = step
+            if not parameters.all_finite(total.detach()):
+                history.restore_last_finite()
+                history.complete_pending()
+                history.stopped_at = step
                 warnings.warn(
                     f"training stopped at step {step}: the loss, a parameter or a gradient was not finite; "
                     f"parameters from step {step - 1} were restored. Lower lr or lamb, or use opt='Adam'.",
                     NonFiniteLossWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 break
-            last_finite = _snapshot(model)
-            last_uniform = _uniform_flags(model)
+            history.complete_pending(*first_evaluation)
+            history.take_snapshot()
 
             if step % log == 0 or step == steps - 1:
-                _record(model, data, loss, loss_kind, lamb, objective, history, bar)
-                train_loss = history["train_loss"][-1]
-                if train_loss < best.train_loss:
-                    best = _BestStep(step, train_loss, last_finite, _uniform_flags(model))
-                n_logged += 1
+                history.record(step, defer=reuse_next and step < steps - 1)
             current_step = step + 1
     except KeyboardInterrupt:
-        _restore_best(model, history, best, n_logged, current_step)
+        history.interrupted(current_step)
     finally:
         bar.close()
-    return history
+    return history.result()
+
+
+class _FlatParameters:
+    """The trainable parameters of a model as views of one flat tensor, their gradients as views of another.
+
+    The optimiser then updates one tensor: torch's L-BFGS gathers, adds and
+    copies parameters one tensor at a time, eight times per evaluation for a
+    two-layer model, and Adam's update becomes one fused operation. Both
+    algorithms act elementwise on the concatenated vector, so the iterates
+    are those of the per-parameter optimisers. Backward passes accumulate
+    into the gradient views in place, so gradients are zeroed in place,
+    never set to None. :meth:`release` gives every parameter its own memory
+    again. Parameters of mixed dtypes or devices are left as they are.
+    """
+
+    def __init__(self, parameters: list[torch.nn.Parameter]) -> None:
+        self.parameters = parameters
+        self.flat: torch.Tensor | None = None
+        if not parameters or len({(p.dtype, p.device) for p in parameters}) > 1:
+            self.optimized = parameters
+            return
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1) for p in parameters])
+        grad = torch.zeros_like(flat)
+        offset = 0
+        for parameter in parameters:
+            size = parameter.numel()
+            parameter.data = flat[offset : offset + size].view_as(parameter)
+            parameter.grad = grad[offset : offset + size].view_as(parameter)
+            offset += size
+        self.flat = flat.requires_grad_()
+        self.flat.grad = grad
+        self.optimized = [self.flat]
+
+    def zero_grad(self) -> None:
+        if self.flat is None:
+            for parameter in self.parameters:
+                parameter.grad = None
+        else:
+            self.flat.grad.zero_()
+
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        """Return whether the loss, every parameter and every gradient are finite."""
+        tensors = [loss, *self.optimized, *(p.grad for p in self.optimized if p.grad is not None)]
+        return all(bool(torch.isfinite(tensor).all()) for tensor in tensors)
+
+    def release(self) -> None:
+        """Copy every parameter and gradient out of the flat tensors."""
+        if self.flat is None:
+            return
+        for parameter in self.parameters:
+            parameter.data = parameter.data.clone()
+            if parameter.grad is not None:
+                parameter.grad = parameter.grad.clone()
+        self.flat = None
+
+
+class _PendingRecord(NamedTuple):
+    """A logged step whose training loss and regulariser the next step's objective supplies."""
+
+    step: int
+    test: float
+    state: dict[str, torch.Tensor]
+    uniform: list[bool]
+
+
+class _History:
+    """The logged losses of a fit, the last finite parameters and the best logged step."""
+
+    def __init__(self, model, data, loss, loss_kind, lamb, objective) -> None:
+        self.model = model
+        self.data = data
+        self.loss = loss
+        self.loss_kind = loss_kind
+        self.lamb = lamb
+        self.objective = objective
+        self.bar = None
+        self.entries: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "reg": []}
+        self.stopped_at: int | None = None
+        self.pending: _PendingRecord | None = None
+        self.last_finite = _snapshot(model)
+        self.last_uniform = _uniform_flags(model)
+        # The logged step with the lowest training loss, restored on Ctrl-C.
+        # Its state shares the tensors of a snapshot, which are never modified.
+        self.best = _BestStep(None, math.inf, self.last_finite, self.last_uniform)
+
+    def take_snapshot(self) -> None:
+        self.last_finite = _snapshot(self.model)
+        self.last_uniform = _uniform_flags(self.model)
+
+    def restore_last_finite(self) -> None:
+        self.model.load_state_dict(self.last_finite)
+        for layer, uniform in zip(self.model.layers, self.last_uniform):
+            layer.uniform = uniform
+
+    def _scale(self, value: float) -> float:
+        return math.sqrt(value) if self.loss_kind == "mse" else value
+
+    def record(self, step: int, *, defer: bool) -> None:
+        """Log the step that just finished, or keep it pending until the next step's objective.
+
+        With ``defer`` the next step must evaluate the objective on all
+        training rows, at most EVAL_CHUNK of them, before it changes the
+        parameters.
+        """
+        test = self._scale(_evaluate(self.model, self.data["test_input"], self.data["test_label"], self.loss))
+        pending = _PendingRecord(step, test, self.last_finite, self.last_uniform)
+        if defer:
+            self.pending = pending
+        else:
+            train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss)
+            self._append(pending, self._scale(train), self._reg())
+
+    def _reg(self) -> float:
+        """Return the regulariser on the first EVAL_CHUNK training rows, 0 when lamb is 0."""
+        if self.lamb <= 0:
+            return 0.0
+        with torch.no_grad():
+            return float(self.objective(self.data["train_input"][:EVAL_CHUNK], self.data["train_label"][:EVAL_CHUNK])[1])
+
+    def complete_pending(self, objective_loss: torch.Tensor | None = None, reg: torch.Tensor | None = None) -> None:
+        """Log the pending step with the objective the model evaluated at its parameters.
+
+        Without ``objective_loss`` the model must hold the pending step's
+        parameters, and the losses are evaluated here.
+        """
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        if objective_loss is None:
+            train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss)
+            reg_value = self._reg()
+        else:
+            train = float(objective_loss)
+            reg_value = float(reg) if self.lamb > 0 else 0.0
+        self._append(pending, self._scale(train), reg_value)
+
+    def _append(self, record: _PendingRecord, train: float, reg: float) -> None:
+        self.entries["train_loss"].append(train)
+        self.entries["test_loss"].append(record.test)
+        self.entries["reg"].append(reg)
+        if train < self.best.train_loss:
+            self.best = _BestStep(record.step, train, record.state, record.uniform)
+        if self.bar is not None:
+            self.bar.set_postfix(train=f"{train:.2e}", test=f"{record.test:.2e}", reg=f"{reg:.2e}", refresh=False)
+
+    def interrupted(self, step: int) -> None:
+        """Handle Ctrl-C during ``step``: log a pending step, then restore the best logged parameters.
+
+        An interrupt inside :meth:`_append` can leave the lists of unequal
+        length, so every list is cut to the complete entries.
+        """
+        complete = min(len(values) for values in self.entries.values())
+        for values in self.entries.values():
+            del values[complete:]
+        if self.pending is not None:
+            self.model.load_state_dict(self.pending.state)
+            for layer, uniform in zip(self.model.layers, self.pending.uniform):
+                layer.uniform = uniform
+            self.complete_pending()
+        _restore_best(self.model, self.best, step)
+        self.stopped_at = step
+
+    def result(self) -> dict[str, Any]:
+        return {**self.entries, "stopped_at": self.stopped_at}
 
 
 class _BestStep(NamedTuple):
@@ -365,18 +547,11 @@ def _uniform_flags(model: MultKAN) -> list[bool]:
     return [layer.uniform for layer in model.layers]
 
 
-def _restore_best(model: MultKAN, history: dict[str, Any], best: _BestStep, n_logged: int, step: int) -> None:
-    """Handle Ctrl-C during ``step``: restore the best logged parameters and drop a partial history entry.
-
-    An interrupt inside :func:`_record` can leave the history lists of
-    unequal length, so every list is cut to the ``n_logged`` complete entries.
-    """
-    for key in ("train_loss", "test_loss", "reg"):
-        del history[key][n_logged:]
+def _restore_best(model: MultKAN, best: _BestStep, step: int) -> None:
+    """Restore the parameters of the best logged step after Ctrl-C during ``step``, and log a warning."""
     model.load_state_dict(best.state)
     for layer, uniform in zip(model.layers, best.uniform):
         layer.uniform = uniform
-    history["stopped_at"] = step
     if best.step is None:
         logger.warning("training interrupted at step %d before any step was logged; restored the parameters from before training", step)
     else:
@@ -392,20 +567,3 @@ def _grid_rows(train_input: torch.Tensor, generator: torch.Generator) -> torch.T
         return train_input
     rows = torch.randperm(train_input.shape[0], generator=generator)[:GRID_SAMPLES].to(train_input.device)
     return train_input[rows]
-
-
-def _record(model, data, loss, loss_kind, lamb, objective, history, bar) -> None:
-    train = _evaluate(model, data["train_input"], data["train_label"], loss)
-    test = _evaluate(model, data["test_input"], data["test_label"], loss)
-    if loss_kind == "mse":
-        train, test = math.sqrt(train), math.sqrt(test)
-    reg = 0.0
-    if lamb > 0:
-        with torch.no_grad():
-            rows = data["train_input"][:EVAL_CHUNK]
-            reg = float(objective(rows, data["train_label"][:EVAL_CHUNK])[1])
-    history["train_loss"].append(train)
-    history["test_loss"].append(test)
-    history["reg"].append(reg)
-    bar.set_postfix(train=f"{train:.2e}", test=f"{test:.2e}", reg=f"{reg:.2e}", refresh=False)
-

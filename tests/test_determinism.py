@@ -238,9 +238,10 @@ def test_float64_model_keeps_default_dtype():
 class _Interrupter:
     """A loss function that raises KeyboardInterrupt on its ``stop_at``-th call (1-based).
 
-    It also copies the model's state_dict whenever the training rows are
-    evaluated for the history, so with ``lamb=0`` ``logged_states[i]``
-    contains the parameters behind ``history["train_loss"][i]``.
+    It also copies the model's state_dict whenever it is called on all training rows,
+    keyed by the loss value, so with ``lamb=0`` ``state_for(value)`` returns
+    the parameters behind a logged ``history["train_loss"]`` entry, whether
+    a training step or a history evaluation computed it.
     """
 
     def __init__(self, model, n_train, stop_at):
@@ -248,7 +249,7 @@ class _Interrupter:
         self.n_train = n_train
         self.stop_at = stop_at
         self.calls = 0
-        self.logged_states = []
+        self.states = []
         self.state_at_interrupt = None
 
     def __call__(self, prediction, label):
@@ -256,10 +257,15 @@ class _Interrupter:
         if self.calls == self.stop_at:
             self.state_at_interrupt = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
             raise KeyboardInterrupt
-        # History records evaluate under no_grad; training steps need gradients.
-        if not torch.is_grad_enabled() and prediction.shape[0] == self.n_train:
-            self.logged_states.append({name: value.detach().clone() for name, value in self.model.state_dict().items()})
-        return torch.mean((prediction - label) ** 2)
+        loss = torch.mean((prediction - label) ** 2)
+        if prediction.shape[0] == self.n_train:
+            self.states.append((float(loss.detach()), {name: value.detach().clone() for name, value in self.model.state_dict().items()}))
+        return loss
+
+    def state_for(self, logged_loss):
+        value, state = min(self.states, key=lambda entry: abs(entry[0] - logged_loss))
+        assert value == pytest.approx(logged_loss, rel=1e-12)
+        return state
 
 
 def _interrupt_data():
@@ -284,10 +290,11 @@ def _fit_without_warnings(model, data, **options):
 def test_interrupt_restores_best_step(caplog):
     data = _interrupt_data()
     model = MultKAN([1, 2, 1], seed=0)
-    # With Adam and no regulariser every step calls the loss three times: the
-    # training step, then the training and test rows for the history. Call 22
-    # is the training step of step 7.
-    loss = _Interrupter(model, n_train=50, stop_at=22)
+    # With full-batch Adam and no regulariser every step calls the loss twice:
+    # the training step, then the test rows for the history. The training
+    # loss of a step comes from the next step's call. Call 15 is the training
+    # step of step 7.
+    loss = _Interrupter(model, n_train=50, stop_at=15)
 
     with caplog.at_level(logging.WARNING, logger="multkan.train"):
         history = _fit_without_warnings(model, data, opt="Adam", steps=10, lr=0.1, update_grid=False, loss_fn=loss)
@@ -296,12 +303,11 @@ def test_interrupt_restores_best_step(caplog):
     assert len(history["train_loss"]) == 7
     assert len(history["test_loss"]) == 7
     assert len(history["reg"]) == 7
-    assert len(loss.logged_states) == 7
     best = min(range(7), key=lambda step: history["train_loss"][step])
     # The loss rises after its minimum, so the last step is not the best one and
     # keeping the last parameters would fail the check below.
     assert best < 6
-    _assert_state(model, loss.logged_states[best])
+    _assert_state(model, loss.state_for(history["train_loss"][best]))
     # A custom loss_fn is recorded as it is, here the MSE.
     with torch.no_grad():
         mse = torch.mean((model(data["train_input"]) - data["train_label"]) ** 2)
@@ -314,22 +320,25 @@ def test_interrupt_restores_best_step(caplog):
 def test_interrupt_in_line_search_restores_best():
     data = _interrupt_data()
     # L-BFGS calls the loss a varying number of times per step, so a first run
-    # counts the calls of steps 0 and 1. The second run stops at the fifth call
+    # counts the calls of steps 0 and 1: their training calls, a test call
+    # each, and one training call for the history of the last step, which
+    # the second run does not make. The second run stops at the fifth call
     # of step 2, inside its line search.
     probe_model = MultKAN([1, 2, 1], seed=0)
     probe = _Interrupter(probe_model, n_train=50, stop_at=-1)
     probe_model.fit(data, opt="LBFGS", steps=2, loss_fn=probe, progress=False)
 
     model = MultKAN([1, 2, 1], seed=0)
-    loss = _Interrupter(model, n_train=50, stop_at=probe.calls + 5)
+    loss = _Interrupter(model, n_train=50, stop_at=probe.calls - 1 + 5)
     history = _fit_without_warnings(model, data, opt="LBFGS", steps=4, loss_fn=loss)
 
     assert history["stopped_at"] == 2
     assert len(history["train_loss"]) == 2
     best = min(range(2), key=lambda step: history["train_loss"][step])
     # The line search had already moved the parameters when the interrupt came.
-    assert any(not torch.equal(loss.state_at_interrupt[name], value) for name, value in loss.logged_states[best].items())
-    _assert_state(model, loss.logged_states[best])
+    best_state = loss.state_for(history["train_loss"][best])
+    assert any(not torch.equal(loss.state_at_interrupt[name], value) for name, value in best_state.items())
+    _assert_state(model, best_state)
 
 
 def test_interrupt_before_first_log_restores_start(caplog):
@@ -354,16 +363,17 @@ def test_interrupt_before_first_log_restores_start(caplog):
 def test_interrupt_between_logged_steps():
     data = _interrupt_data()
     model = MultKAN([1, 2, 1], seed=0)
-    # With log=3, steps 0 and 3 are logged (3 calls each) and steps 1 and 2
-    # only train (1 call each). Call 9 is the training step of step 4.
-    loss = _Interrupter(model, n_train=50, stop_at=9)
+    # With log=3, steps 0 and 3 are logged (a training and a test call each)
+    # and steps 1 and 2 only train (1 call each). Call 7 is the training step
+    # of step 4.
+    loss = _Interrupter(model, n_train=50, stop_at=7)
 
     history = _fit_without_warnings(model, data, opt="Adam", steps=8, lr=0.1, log=3, update_grid=False, loss_fn=loss)
 
     assert history["stopped_at"] == 4
     assert len(history["train_loss"]) == 2
     best = min(range(2), key=lambda index: history["train_loss"][index])
-    _assert_state(model, loss.logged_states[best])
+    _assert_state(model, loss.state_for(history["train_loss"][best]))
 
 
 def test_interrupt_closes_progress_bar(monkeypatch):

@@ -1,9 +1,12 @@
-"""The fused layer: exact gradients and agreement with the unfused operations."""
+"""The fused layer, the flat parameters of fit and the logged values that fit reuses."""
+
+import copy
+import math
 
 import pytest
 import torch
 
-from multkan import MultKAN
+from multkan import InvalidParameterError, MultKAN, create_dataset
 from multkan.nn._layer import _FusedSplineLayer, _unfused_sums
 
 
@@ -71,3 +74,88 @@ def test_layer_forward_same_with_and_without_grad():
     with torch.no_grad():
         expected = model(x)
     torch.testing.assert_close(model(x.requires_grad_()), expected, rtol=0, atol=0)
+
+
+def _dataset():
+    return create_dataset(lambda x: torch.sin(math.pi * x[:, [0]]) + x[:, [1]] ** 2, n_var=2, train_num=200, test_num=50, seed=0)
+
+
+def _reference_fit(model, data, opt, steps, lr):
+    """Train per-parameter torch optimisers as fit does without grid updates; return the logged RMSEs."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if opt == "Adam":
+        optimizer = torch.optim.Adam(parameters, lr=lr)
+    else:
+        optimizer = torch.optim.LBFGS(
+            parameters, lr=lr, max_iter=20, history_size=10, line_search_fn="strong_wolfe",
+            tolerance_grad=1e-32, tolerance_change=1e-32,
+        )
+    x, y = data["train_input"], data["train_label"]
+    train, test = [], []
+    for _ in range(steps):
+
+        def closure():
+            optimizer.zero_grad()
+            loss = torch.mean((model(x) - y) ** 2)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        with torch.no_grad():
+            train.append(math.sqrt(float(torch.mean((model(x) - y) ** 2))))
+            test.append(math.sqrt(float(torch.mean((model(data["test_input"]) - data["test_label"]) ** 2))))
+    return train, test
+
+
+@pytest.mark.parametrize(("opt", "lr"), [("LBFGS", 1.0), ("Adam", 0.05)])
+def test_fit_matches_torch_optimiser(opt, lr):
+    data = {key: value.double() for key, value in _dataset().items()}
+    model = MultKAN([2, 3, 1], grid=5, k=3, dtype=torch.float64, seed=0)
+    reference = copy.deepcopy(model)
+
+    history = model.fit(data, opt=opt, steps=4, lr=lr, update_grid=False, progress=False)
+    train, test = _reference_fit(reference, data, opt, 4, lr)
+
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=1e-10, atol=1e-12, msg=name)
+    assert history["train_loss"] == pytest.approx(train, rel=1e-10)
+    assert history["test_loss"] == pytest.approx(test, rel=1e-10)
+
+
+def test_logged_reg_matches_explicit_evaluation():
+    data = _dataset()
+    model = MultKAN([2, 3, 1], grid=5, k=3, seed=0)
+    history = model.fit(data, opt="Adam", steps=3, lr=0.01, lamb=0.01, update_grid=False, progress=False)
+    # The last step's values are evaluated after training; the others come from the next step.
+    from multkan.train import regularization
+
+    with torch.no_grad():
+        prediction, reg = regularization(model, data["train_input"])
+    assert history["reg"][-1] == pytest.approx(float(reg), rel=1e-6)
+    assert history["train_loss"][-1] == pytest.approx(math.sqrt(float(torch.mean((prediction - data["train_label"]) ** 2))), rel=1e-6)
+    assert all(value > 0 for value in history["reg"])
+
+
+def test_fit_leaves_parameters_unshared():
+    data = _dataset()
+    model = MultKAN([2, 3, 1], grid=5, k=3, seed=0)
+    model.fit(data, opt="LBFGS", steps=2, progress=False)
+    pointers = [p.untyped_storage().data_ptr() for p in model.parameters()]
+    assert len(set(pointers)) == len(pointers)
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            assert parameter.grad.untyped_storage().data_ptr() not in pointers
+
+
+@pytest.mark.parametrize("lamb", [-0.01, float("nan"), float("inf"), True])
+def test_fit_rejects_invalid_lamb(lamb):
+    model = MultKAN([2, 3, 1], seed=0)
+    with pytest.raises(InvalidParameterError, match=r"invalid lamb: expected a finite number >= 0 .*received"):
+        model.fit(_dataset(), steps=1, lamb=lamb, progress=False)
+
+
+def test_fit_rejects_negative_lamb_message():
+    model = MultKAN([2, 3, 1], seed=0)
+    with pytest.raises(InvalidParameterError) as error:
+        model.fit(_dataset(), steps=1, lamb=-0.5, progress=False)
+    assert str(error.value) == "invalid lamb: expected a finite number >= 0 (0 turns the regulariser off), received -0.5"
