@@ -1,6 +1,14 @@
-"""multkan: Kolmogorov-Arnold networks with sum and multiplication nodes for scientific discovery."""
+"""multkan: Kolmogorov-Arnold networks with sum and multiplication nodes for scientific discovery.
 
-from .datasets import create_dataset, dataset_from_arrays
+The public names load their submodules on first use (PEP 562), so
+``import multkan`` imports neither torch nor networkx, sympy or
+scikit-learn, and ``multkan --help`` stays fast. The exception classes
+import nothing heavy and load at once.
+"""
+
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_attributes
 from .errors import (
     CheckpointError,
     GraphError,
@@ -12,29 +20,18 @@ from .errors import (
     SymbolicError,
     SymbolicFitWarning,
 )
-from .graph import EdgeId, build_graph
-from .kanpiler import kanpile
-from .model import MultKAN
-from .train import fit
+
+if TYPE_CHECKING:
+    from .datasets import create_dataset, dataset_from_arrays
+    from .graph import EdgeId, build_graph
+    from .kanpiler import kanpile
+    from .model import MultKAN
+    from .sklearn import KANRegressor
+    from .train import fit
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    # scikit-learn is imported only when the estimator is used, to keep `import multkan` fast.
-    if name == "KANRegressor":
-        from .sklearn import KANRegressor
-
-        return KANRegressor
-    if name == "BatchedMultKAN":
-        from .batch import BatchedMultKAN
-
-        return BatchedMultKAN
-    raise AttributeError(f"module 'multkan' has no attribute {name!r}")
-
-
 __all__ = [
-    "BatchedMultKAN",
     "CheckpointError",
     "EdgeId",
     "GraphError",
@@ -53,3 +50,18 @@ __all__ = [
     "fit",
     "kanpile",
 ]
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__,
+    globals(),
+    {
+        "EdgeId": ".graph",
+        "KANRegressor": ".sklearn",
+        "MultKAN": ".model",
+        "build_graph": ".graph",
+        "create_dataset": ".datasets",
+        "dataset_from_arrays": ".datasets",
+        "fit": ".train",
+        "kanpile": ".kanpiler",
+    },
+)
