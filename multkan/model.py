@@ -33,6 +33,9 @@ def check_input(x: Any, n_in: int, dtype: torch.dtype, *, name: str = "x") -> tu
     leading : tuple of int
         Leading dimensions, to restore on the output.
     """
+    if type(x) is torch.Tensor and x.dtype == dtype and x.ndim == 2 and x.shape[1] == n_in:
+        # The common case, checked first because the training loop calls it on every evaluation.
+        return x, (x.shape[0],)
     if not isinstance(x, torch.Tensor):
         try:
             x = torch.as_tensor(x)
@@ -292,7 +295,9 @@ class MultKAN(nn.Module):
         values, leading = check_input(x, self.n_inputs, self.dtype)
         for layer in self.layers:
             values = layer(values)
-        return values.reshape(*leading, self.n_outputs)
+        # The fused layers return batch-last memory, a transposed view for several outputs.
+        values = values.contiguous()
+        return values if len(leading) == 1 else values.reshape(*leading, self.n_outputs)
 
     def activations(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Return per-layer statistics for regularisation, attribution and plots.

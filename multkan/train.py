@@ -72,7 +72,8 @@ def regularization(
 
 def _loss_function(loss_fn: str | Callable | None, n_outputs: int) -> tuple[Callable, str]:
     if loss_fn is None or loss_fn == "mse":
-        return (lambda prediction, label: torch.mean((prediction - label) ** 2)), "mse"
+        # One autograd node instead of three for mean((prediction - label) ** 2), with the same value.
+        return torch.nn.functional.mse_loss, "mse"
     if loss_fn == "cross_entropy":
         if n_outputs < 2:
             raise invalid_parameter("loss_fn", "a model with at least 2 outputs (one logit per class) for cross_entropy", f"a model with {n_outputs} output")

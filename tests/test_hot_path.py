@@ -159,3 +159,11 @@ def test_fit_rejects_negative_lamb_message():
     with pytest.raises(InvalidParameterError) as error:
         model.fit(_dataset(), steps=1, lamb=-0.5, progress=False)
     assert str(error.value) == "invalid lamb: expected a finite number >= 0 (0 turns the regulariser off), received -0.5"
+
+
+def test_model_output_contiguous_for_several_outputs():
+    model = MultKAN([3, 4, 3], grid=5, k=3, seed=0)
+    x = torch.rand(20, 3)
+    output = model(x)
+    assert output.is_contiguous()
+    assert model(x.reshape(4, 5, 3)).shape == (4, 5, 3)

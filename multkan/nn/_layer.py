@@ -96,7 +96,11 @@ def _fused_sums(x, coef, scale_sp, scale_base, spline_mask, grid, k, reciprocals
             torch.sub(scaled[:, :-1], scaled[:, 1:], out=derivative[:, :n_basis])
     _BASE_INTO[base_fun](inputs, features[:, n_basis], None if derivative is None else derivative[:, n_basis])
     weights, spline_weight = _fused_weights(coef, scale_sp, scale_base, spline_mask)
-    sums = features.view(-1, batch).T @ weights
+    # (n_sub, batch) then transposed. With the batch last in both factors the
+    # product took 143 us against 684 us for features.T @ weights ([10, 10]
+    # G10, 3000 rows, one thread of a 2-core AMD EPYC), and the next layer's
+    # x.T is then contiguous.
+    sums = (weights.T @ features.view(-1, batch)).T
     return sums, features, derivative, weights, spline_weight
 
 
@@ -136,20 +140,23 @@ class _FusedSplineLayer(torch.autograd.Function):
             return (*_differentiable_grads(x, coef, scale_sp, scale_base, spline_mask, grid, ctx.k, ctx.base_fun, needs, grad_sums), *nothing)
 
         grad_x = grad_coef = grad_scale_sp = grad_scale_base = None
+        # (n_sub, batch), contiguous when the gradient comes from a fused layer or the loss.
+        grad_rows = grad_sums.T
         if needs[0]:
-            grad_features = (weights @ grad_sums.T).view(features.shape)
+            grad_features = (weights @ grad_rows).view(features.shape)
             grad_x = (grad_features * derivative).sum(1).T
         if needs[1] or needs[2] or needs[3]:
             n_in, n_sub, n_basis = coef.shape
-            grad_weights = (features.view(-1, x.shape[0]) @ grad_sums).view(n_in, n_basis + 1, n_sub)
+            # Shape (n_sub, n_in, n_basis + 1): the transpose of the weight gradient.
+            grad_weights = (grad_rows @ features.view(-1, x.shape[0]).T).view(n_sub, n_in, n_basis + 1)
             # Gradient with respect to coef * spline_weight, shape (n_in, n_sub, n_basis).
-            grad_spline = grad_weights[:, :n_basis].transpose(1, 2)
+            grad_spline = grad_weights[:, :, :n_basis].transpose(0, 1)
             if needs[1]:
                 grad_coef = grad_spline * spline_weight.unsqueeze(-1)
             if needs[2]:
                 grad_scale_sp = (grad_spline * coef).sum(-1) * spline_mask
             if needs[3]:
-                grad_scale_base = grad_weights[:, n_basis] * spline_mask
+                grad_scale_base = grad_weights[:, :, n_basis].T * spline_mask
         return (grad_x, grad_coef, grad_scale_sp, grad_scale_base, *nothing)
 
 
