@@ -29,6 +29,7 @@ __all__ = [
     "bspline_basis",
     "bspline_basis_reference",
     "bspline_basis_uniform",
+    "uniform_piece_coefficients",
     "knot_reciprocals",
     "uniform_reciprocals",
     "uniform_grid",
@@ -289,6 +290,41 @@ def _cox_de_boor(
         # k = 0: the loop did not run.
         basis = out.copy_(basis)
     return lower, basis
+
+
+def uniform_piece_coefficients(k: int) -> list[list[float]]:
+    """Return the polynomial pieces of the uniform B-spline of order ``k``.
+
+    On equally spaced knots, for ``t_mu <= x < t_{mu+1}`` and ``u = (x -
+    t_mu) / h`` in [0, 1), the non-zero basis functions are
+    ``B_{mu-k+r}(x) = sum_j C[j][r] u^j`` for ``r = 0, ..., k``. The table
+    comes from the Cox-de Boor recursion on polynomials in ``u``: with
+    ``N_0 = [1]``, ``N_p[r] = (u + p - r) / p N_{p-1}[r-1] + (r + 1 - u) / p
+    N_{p-1}[r]``, terms with an index outside ``0 .. p-1`` being zero.
+    Exact rational arithmetic, rounded to float once at the end.
+    """
+    from fractions import Fraction
+
+    def add(a: list[Fraction], b: list[Fraction]) -> list[Fraction]:
+        size = max(len(a), len(b))
+        return [(a[j] if j < len(a) else 0) + (b[j] if j < len(b) else 0) for j in range(size)]
+
+    def times_linear(poly: list[Fraction], constant: Fraction, slope: Fraction) -> list[Fraction]:
+        # poly * (constant + slope * u)
+        return add([constant * c for c in poly], [Fraction(0)] + [slope * c for c in poly])
+
+    pieces = [[Fraction(1)]]
+    for p in range(1, k + 1):
+        new = []
+        for r in range(p + 1):
+            term: list[Fraction] = [Fraction(0)]
+            if r - 1 >= 0:
+                term = add(term, times_linear(pieces[r - 1], Fraction(p - r, p), Fraction(1, p)))
+            if r <= p - 1:
+                term = add(term, times_linear(pieces[r], Fraction(r + 1, p), Fraction(-1, p)))
+            new.append(term)
+        pieces = new
+    return [[float(pieces[r][j]) if j < len(pieces[r]) else 0.0 for r in range(k + 1)] for j in range(k + 1)]
 
 
 class _BSplineBasis(torch.autograd.Function):

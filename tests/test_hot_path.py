@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from multkan import InvalidParameterError, MultKAN, create_dataset
-from multkan.nn._layer import _FusedSplineLayer, _unfused_sums
+from multkan.nn._layer import UNIFORM_LOCAL_MIN, _FusedSplineLayer, _unfused_sums
 
 
 def _layer_inputs(k, base_fun, seed=0):
@@ -21,14 +21,15 @@ def _layer_inputs(k, base_fun, seed=0):
     return layer, x
 
 
-def _fused(layer, k, base_fun):
+def _fused(layer, k, base_fun, local):
+    """Return the fused layer as a function of (x, coef, scale_sp, scale_base), on the local or the dense path."""
     constants = layer._spline_constants()
+    assert constants.uniform is not None or k == 0
+    if not local:
+        constants = constants.dense
 
     def function(x, coef, scale_sp, scale_base):
-        return _FusedSplineLayer.apply(
-            x, coef, scale_sp, scale_base, layer.spline_mask, constants.grid_columns, k,
-            constants.reciprocal_columns, constants.derivative_scale, base_fun,
-        )
+        return _FusedSplineLayer.apply(x, coef, scale_sp, scale_base, layer.spline_mask, constants, k, base_fun)
 
     return function
 
@@ -37,26 +38,31 @@ def _leaves(layer, x):
     return tuple(t.detach().clone().requires_grad_() for t in (x, layer.coef, layer.scale_sp, layer.scale_base))
 
 
+@pytest.mark.parametrize("local", [False, True])
 @pytest.mark.parametrize("k", [2, 3, 5])
 @pytest.mark.parametrize("base_fun", ["silu", "identity", "zero"])
-def test_fused_layer_gradcheck(k, base_fun):
+def test_fused_layer_gradcheck(k, base_fun, local):
     layer, x = _layer_inputs(k, base_fun)
-    assert torch.autograd.gradcheck(_fused(layer, k, base_fun), _leaves(layer, x))
+    assert torch.autograd.gradcheck(_fused(layer, k, base_fun, local), _leaves(layer, x))
 
 
+@pytest.mark.parametrize("local", [False, True])
 @pytest.mark.parametrize("k", [2, 3])
-def test_fused_layer_gradgradcheck(k):
+def test_fused_layer_gradgradcheck(k, local):
     layer, x = _layer_inputs(k, "silu")
-    assert torch.autograd.gradgradcheck(_fused(layer, k, "silu"), _leaves(layer, x))
+    assert torch.autograd.gradgradcheck(_fused(layer, k, "silu", local), _leaves(layer, x))
 
 
+@pytest.mark.parametrize("local", [False, True])
 @pytest.mark.parametrize("k", [0, 1, 2, 3, 5])
 @pytest.mark.parametrize("base_fun", ["silu", "identity", "zero"])
-def test_fused_layer_matches_unfused(k, base_fun):
+def test_fused_layer_matches_unfused(k, base_fun, local):
+    if local and k == 0:
+        pytest.skip("order 0 has no local evaluation")
     layer, x = _layer_inputs(k, base_fun, seed=k)
     fused_inputs = _leaves(layer, x)
     plain_inputs = _leaves(layer, x)
-    fused = _fused(layer, k, base_fun)(*fused_inputs)
+    fused = _fused(layer, k, base_fun, local)(*fused_inputs)
     plain = _unfused_sums(*plain_inputs, layer.spline_mask, layer.grid, k, base_fun)
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
 
@@ -167,3 +173,27 @@ def test_model_output_contiguous_for_several_outputs():
     output = model(x)
     assert output.is_contiguous()
     assert model(x.reshape(4, 5, 3)).shape == (4, 5, 3)
+
+
+def test_uniform_constants_only_for_equal_spacing():
+    model = MultKAN([2, 3, 1], grid=5, k=3, seed=0)
+    layer = model.layers[0]
+    assert layer._spline_constants().uniform is not None
+    with torch.no_grad():
+        layer.grid[0, 4] += 1e-3
+    assert layer._spline_constants().uniform is None
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_local_layer_large_batch_matches_dense(k):
+    model = MultKAN([10, 10, 1], grid=10, k=k, dtype=torch.float64, seed=k)
+    layer = model.layers[0]
+    x = torch.rand(3000, 10, dtype=torch.float64) * 3 - 1.5
+    x[0, 0] = float("nan")
+    constants = layer._spline_constants()
+    assert x.shape[0] * constants.grid_columns.numel() >= UNIFORM_LOCAL_MIN
+    arguments = (x, layer.coef, layer.scale_sp, layer.scale_base, layer.spline_mask)
+    local = _FusedSplineLayer.apply(*arguments, constants, k, "silu")
+    dense = _FusedSplineLayer.apply(*arguments, constants.dense, k, "silu")
+    assert torch.isnan(local[0]).all()
+    torch.testing.assert_close(local[1:], dense[1:], rtol=1e-10, atol=1e-12)
