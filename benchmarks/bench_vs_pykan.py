@@ -19,7 +19,8 @@ Cases:
 - c: ``[2, [0, 1], 1]`` (one mult node) on ``x0 * x1``, L-BFGS steps.
 - d: ``auto_symbolic`` with the full library on a trained ``[2, 2, 1]``.
 - e: peak memory of case b, each library in its own subprocess.
-- f: import time, each import in its own subprocess.
+- f: import time, each import in its own subprocess, and import plus
+  building the first multkan model.
 - g: one ``[64, 64]`` layer against ``torch.nn.Linear(640, 64)`` (equal
   parameter count), forward and backward, with and without the regulariser.
 - c20: ``[400, 16, 2]``, grid 15, k 5, batch 128: peak memory at 5,000 and
@@ -368,7 +369,12 @@ def import_seconds(statement, setup=""):
 
 def case_f(repeats):
     """Import times in fresh interpreters, interleaved so machine load hits all of them alike."""
-    statements = {"torch": "import torch", "multkan": "import multkan"}
+    statements = {
+        "torch": "import torch",
+        "multkan": "import multkan",
+        # import multkan and build a model, which loads torch, networkx and the model code.
+        "multkan_first_use": "import multkan\nmultkan.MultKAN([2, 5, 1])",
+    }
     if pykan:
         statements["pykan"] = "import kan"
     totals = {name: [] for name in statements}
@@ -538,6 +544,12 @@ def markdown(results):
                 f"| f: import time after torch | {ms(m['seconds_after_torch'])} | {ms(get(p, 'seconds_after_torch'))} | "
                 f"{ratio(get(p, 'seconds_after_torch'), m['seconds_after_torch'])} | torch already imported |"
             )
+            first = row.get("multkan_first_use")
+            if first:
+                lines.append(
+                    f"| f: import and first model | {ms(first['seconds'])} | {ms(get(p, 'seconds'))} | {ratio(get(p, 'seconds'), first['seconds'])} | "
+                    f"`import multkan` then `MultKAN([2, 5, 1])`; after torch {ms(first['seconds_after_torch'])}; pykan column: `import kan` alone |"
+                )
         if "g" in cases:
             g = cases["g"]
             lines.append(
@@ -565,6 +577,16 @@ def markdown(results):
     return "\n".join(lines)
 
 
+def _commit():
+    """Return the checkout's short commit hash, with "+changes" when the working tree differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=HERE).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True, cwd=HERE).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if dirty else "")
+
+
 def machine():
     cpu = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
@@ -578,6 +600,7 @@ def machine():
         "torch": torch.__version__,
         "multkan": multkan.__version__,
         "pykan": getattr(pykan, "__version__", None) or (_pykan_version() if pykan else None),
+        "commit": _commit(),
     }
 
 
@@ -607,7 +630,13 @@ def main():
         c20_child(arguments.c20_child, arguments.threads[0])
         return
 
-    results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "repeats": arguments.repeats, "threads": {}}
+    results = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "repeats": arguments.repeats,
+        "load_average_start": os.getloadavg(),
+        "threads": {},
+    }
     for threads in arguments.threads:
         torch.set_num_threads(threads)
         cases = {}
@@ -625,10 +654,12 @@ def main():
             print(f"    done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         results["threads"][str(threads)] = cases
 
+    results["load_average_end"] = os.getloadavg()
     arguments.output.mkdir(parents=True, exist_ok=True)
     path = arguments.output / f"bench_{results['date'].replace(':', '-')}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"# multkan {results['machine']['multkan']} against pykan {results['machine']['pykan']}")
+    print(f"\nload average (1, 5, 15 min) at the start {results['load_average_start']}, at the end {results['load_average_end']}")
     print(f"\n{results['machine']}, {results['date']}, median of {arguments.repeats} runs; raw results in {path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path}")
     print(markdown(results))
 
