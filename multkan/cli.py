@@ -228,7 +228,7 @@ def _target_name(arguments: argparse.Namespace) -> str:
     return get_equation(arguments.feynman or DEFAULT_EQUATION).output
 
 
-def _bench_one(equation_id: str, seed: int, steps: int, methods: tuple[str, ...] = ("power_law", "additive", "multiplicative", "mult_node")) -> dict:
+def _bench_one(equation_id: str, seed: int, steps: int, methods: tuple[str, ...] | None = None) -> dict:
     """Run discover on one Feynman equation; a module-level function so worker processes can pickle it."""
     import torch
 
@@ -356,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--seed", type=int, default=0, help="seed of data sampling, splits and models (default 0)")
     discover.add_argument(
         "--methods",
-        default="power_law,additive,multiplicative,mult_node",
-        help="comma-separated methods to try, from power_law, additive, multiplicative, mult_node (default: all)",
+        default="power_law,power_law_group,separable_product,additive,multiplicative,mult_node",
+        help="comma-separated methods to try, in order, from power_law, power_law_group, separable_product, additive, multiplicative, mult_node (default: all)",
     )
     discover.add_argument(
         "--out",
@@ -376,7 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", help="run on Ray instead: a cluster address, or none for a local Ray")
     bench.add_argument("--steps", type=int, default=50, help="L-BFGS steps per training phase (default 50)")
     bench.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    bench.add_argument("--methods", default="power_law,additive,multiplicative,mult_node", help="comma-separated discover methods (default: all)")
+    bench.add_argument(
+        "--methods",
+        default="power_law,power_law_group,separable_product,additive,multiplicative,mult_node",
+        help="comma-separated discover methods, tried in order until one is exact to 1e-9 (default: all)",
+    )
     bench.add_argument("--out", help="JSON file for the per-equation results")
     bench.add_argument("--quiet", action="store_true", help="hide the progress bar")
     bench.set_defaults(handler=_bench)

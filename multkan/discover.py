@@ -7,11 +7,16 @@ a factor of the best:
 1. Power law: when every input is positive and the target keeps one sign,
    ``log|y|`` is regressed on ``log x``. A near-perfect fit gives
    ``y = C * prod x_i^p_i`` with snapped exponents and constant.
-2. Separable KANs: ``[n, 1]`` networks (a sum of one-dimensional
+2. Structure searches without a network (:mod:`multkan.structure`): a
+   power law times a function of one monomial group,
+   ``y = prod x_i^a_i * g(prod x_j^b_j)``, and a product of
+   one-dimensional factors ``y = prod g_i(x_i)`` found by alternating
+   least squares, each factor named by a one-dimensional symbolic search.
+3. Separable KANs: ``[n, 1]`` networks (a sum of one-dimensional
    functions) fitted to ``y`` (additive separability) and, for a one-signed
    target, to ``log|y|`` (multiplicative separability), snapped to
    symbolic functions.
-3. MultKANs with a mult node of arity ``n`` and a small sum layer, trained
+4. MultKANs with a mult node of arity ``n`` and a small sum layer, trained
    with sparsity, pruned, refined, snapped and refitted.
 
 Formulas are reported in the user's variables: nothing is standardised.
@@ -34,13 +39,14 @@ from tqdm.auto import tqdm
 
 from .datasets import DATASET_KEYS, check_finite
 from .errors import InvalidDataError, MultKANWarning, invalid_parameter
+from .structure import power_law_group, separable_product
 from .symbolic.formula import _snap_constant, formula_error, simplify_constants, snap_formula_constants, snap_value
 
 __all__ = ["Candidate", "DiscoveryResult", "discover", "equivalent"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("power_law", "additive", "multiplicative", "mult_node")
+METHODS = ("power_law", "power_law_group", "separable_product", "additive", "multiplicative", "mult_node")
 
 DISCOVERY_LIBRARY = ("x", "x^2", "x^3", "1/x", "1/x^2", "sqrt", "1/sqrt(x)", "exp", "log", "sin", "cos", "tanh", "arcsin", "gaussian", "0")
 
@@ -316,7 +322,7 @@ def discover(
     true_formula: sympy.Expr | str | None = None,
     seed: int = 0,
     steps: int = 50,
-    methods: Sequence[str] = ("power_law", "additive", "multiplicative", "mult_node"),
+    methods: Sequence[str] = METHODS,
     tolerance: float = 2.0,
     stop_rmse: float | None = None,
     progress: bool = True,
@@ -337,8 +343,9 @@ def discover(
     steps : int
         L-BFGS steps per training phase.
     methods : sequence of str
-        Any of ``"power_law"``, ``"additive"``, ``"multiplicative"``,
-        ``"mult_node"``.
+        Any of ``"power_law"``, ``"power_law_group"``,
+        ``"separable_product"``, ``"additive"``, ``"multiplicative"``,
+        ``"mult_node"``, run in the given order.
     tolerance : float
         A simpler candidate is chosen when its test RMSE is at most
         ``tolerance`` times the best one (plus ``1e-10`` times the label
@@ -424,6 +431,17 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidat
             return None
         train, test = _evaluate(expression, symbols, data)
         return Candidate("power_law", expression, _complexity(expression), train, test)
+
+    if method in ("power_law_group", "separable_product"):
+        search = power_law_group if method == "power_law_group" else separable_product
+        expression = search(data["train_input"], data["train_label"], symbols)
+        if expression is None:
+            return None
+        expression = _clean(expression)
+        train, test = _evaluate(expression, symbols, data)
+        if not math.isfinite(test):
+            return None
+        return Candidate(method, expression, _complexity(expression), train, test)
 
     if method == "additive":
         width, arity, target = [n_var, 1], 2, (data["train_label"], data["test_label"])
