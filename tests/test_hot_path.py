@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from multkan import InvalidParameterError, MultKAN, create_dataset
-from multkan.nn._layer import UNIFORM_LOCAL_MIN, _FusedSplineLayer, _unfused_sums
+from multkan.nn._layer import UNIFORM_LOCAL_MIN, _FusedSplineLayer, _mult_nodes, _MultNodes, _unfused_sums
 
 
 def _layer_inputs(k, base_fun, seed=0):
@@ -197,3 +197,31 @@ def test_local_layer_large_batch_matches_dense(k):
     dense = _FusedSplineLayer.apply(*arguments, constants.dense, k, "silu")
     assert torch.isnan(local[0]).all()
     torch.testing.assert_close(local[1:], dense[1:], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("width", [[3, [1, 2], 2], [3, [0, 3], 1]])
+@pytest.mark.parametrize("mult_arity", [2, 3, [2, [2, 3], 2]])
+def test_mult_nodes_gradcheck(width, mult_arity):
+    if isinstance(mult_arity, list) and len(mult_arity[1]) != width[1][1]:
+        pytest.skip("the mixed arities are for two mult nodes")
+    model = MultKAN(width, grid=3, k=3, mult_arity=mult_arity, affine_trainable=True, dtype=torch.float64, seed=1)
+    layer = model.layers[0]
+    n_sub = layer.n_sub
+    generator = torch.Generator().manual_seed(2)
+    sums = torch.randn(7, n_sub, generator=generator, dtype=torch.float64)
+    sums[0, 0] = 0.0  # a zero operand
+    leaves = tuple(t.detach().clone().requires_grad_() for t in (sums, layer.node_scale, layer.node_bias))
+    with torch.no_grad():
+        leaves[1].uniform_(0.5, 1.5, generator=generator)
+        leaves[2].uniform_(-1, 1, generator=generator)
+
+    padded = len({len(operands) for operands in layer.operands}) > 1
+    assert padded == isinstance(mult_arity, list)
+
+    def fused(sums, scale, bias):
+        return _MultNodes.apply(sums, scale, bias, layer.operand_index, layer.n_sum, padded)
+
+    assert torch.autograd.gradcheck(fused, leaves)
+    assert torch.autograd.gradgradcheck(fused, leaves)
+    plain = _mult_nodes(*leaves, layer.operand_index, layer.n_sum, padded)[0]
+    torch.testing.assert_close(fused(*leaves), plain, rtol=0, atol=0)

@@ -219,6 +219,76 @@ def _unfused_sums(x, coef, scale_sp, scale_base, spline_mask, grid, k, base_fun)
     return torch.addmm(BASE_FUNCTIONS[base_fun](x) @ (scale_base * spline_mask), basis, spline_weight)
 
 
+def _mult_nodes(sums, node_scale, node_bias, operand_index, n_sum, padded):
+    """Return ``node_bias + node_scale * [sums[:, :n_sum], products]``, the nodes and the gathered operands.
+
+    ``operand_index`` (n_mult, max_arity) points into the columns of
+    ``sums``. With ``padded`` (mult nodes of different arities) the padding
+    points one past the last column, at a column of ones.
+    """
+    if padded:
+        sums = torch.cat([sums, torch.ones_like(sums[:, :1])], dim=1)
+    operands = sums[:, operand_index]
+    products = operands.prod(dim=-1)
+    nodes = torch.cat([sums[:, :n_sum], products], dim=1) if n_sum else products
+    return torch.addcmul(node_bias, nodes, node_scale), nodes, operands
+
+
+class _MultNodes(torch.autograd.Function):
+    """The node operations of a layer with mult nodes as one autograd node.
+
+    The gradient of a product with respect to one operand is the product of
+    the others, formed by a loop over the arity (2 for most models), so zero
+    operands need no special case. With ``create_graph=True`` the backward
+    pass recomputes the nodes with differentiable operations.
+    """
+
+    @staticmethod
+    def forward(ctx, sums, node_scale, node_bias, operand_index, n_sum, padded):
+        output, nodes, operands = _mult_nodes(sums, node_scale, node_bias, operand_index, n_sum, padded)
+        ctx.n_sum = n_sum
+        ctx.padded = padded
+        ctx.save_for_backward(sums, node_scale, node_bias, operand_index, nodes, operands)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        sums, node_scale, node_bias, operand_index, nodes, operands = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        n_sum = ctx.n_sum
+        if torch.is_grad_enabled():
+            inputs = (sums, node_scale, node_bias)
+            requested = [tensor for tensor, need in zip(inputs, needs) if need]
+            with torch.enable_grad():
+                output = _mult_nodes(sums, node_scale, node_bias, operand_index, n_sum, ctx.padded)[0]
+                grads = iter(torch.autograd.grad(output, requested, grad_output, create_graph=True, allow_unused=True))
+            return (*(next(grads) if need else None for need in needs), None, None, None)
+
+        grad_sums = grad_scale = grad_bias = None
+        if needs[0]:
+            grad_nodes = grad_output * node_scale
+            batch, n_sub = sums.shape
+            arity = operands.shape[-1]
+            if arity == 2:
+                others = operands.flip(-1)
+            else:
+                others = torch.empty_like(operands)
+                for position in range(arity):
+                    rest = [operands[..., other] for other in range(arity) if other != position]
+                    others[..., position] = torch.stack(rest, dim=-1).prod(dim=-1) if rest else 1.0
+            # An extra column receives the share of padding operands and is dropped.
+            grad_sums = grad_output.new_zeros(batch, n_sub + ctx.padded)
+            if n_sum:
+                grad_sums[:, :n_sum] = grad_nodes[:, :n_sum]
+            contributions = (others * grad_nodes[:, n_sum:, None]).reshape(batch, -1)
+            grad_sums = grad_sums.index_add_(1, operand_index.reshape(-1), contributions)[:, :n_sub]
+        if needs[1]:
+            grad_scale = (grad_output * nodes).sum(dim=0)
+        if needs[2]:
+            grad_bias = grad_output.sum(dim=0)
+        return grad_sums, grad_scale, grad_bias, None, None, None
+
+
 class _SplineConstants(NamedTuple):
     """Functions of a layer's grid that every forward pass needs.
 
@@ -493,14 +563,16 @@ class MultKANLayer(nn.Module):
     # Node operations.
 
     def combine(self, sums: torch.Tensor) -> torch.Tensor:
-        """Turn target sums (batch, n_sub) into node values (batch, n_out)."""
-        if self.operands:
-            padded = torch.cat([sums, torch.ones_like(sums[:, :1])], dim=1)
-            products = padded[:, self.operand_index].prod(dim=-1)
-            nodes = torch.cat([sums[:, : self.n_sum], products], dim=1)
-        else:
-            nodes = sums
-        return torch.addcmul(self.node_bias, nodes, self.node_scale)
+        """Turn target sums (batch, n_sub) into node values (batch, n_out).
+
+        Layers with mult nodes take one autograd node (:class:`_MultNodes`).
+        """
+        if not self.operands:
+            return torch.addcmul(self.node_bias, sums, self.node_scale)
+        arguments = (sums, self.node_scale, self.node_bias, self.operand_index, self.n_sum, len({len(o) for o in self.operands}) > 1)
+        if torch.is_grad_enabled() and (sums.requires_grad or self.node_scale.requires_grad or self.node_bias.requires_grad):
+            return _MultNodes.apply(*arguments)
+        return _mult_nodes(*arguments)[0]
 
     def target_sums(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``u_j = sum_i phi_ij(x_i)`` for every target, shape (batch, n_sub).
