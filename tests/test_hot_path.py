@@ -225,3 +225,24 @@ def test_mult_nodes_gradcheck(width, mult_arity):
     assert torch.autograd.gradgradcheck(fused, leaves)
     plain = _mult_nodes(*leaves, layer.operand_index, layer.n_sum, padded)[0]
     torch.testing.assert_close(fused(*leaves), plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grid", [25, 50])
+def test_large_uniform_grid_matches_unfused(grid):
+    model = MultKAN([3, 4, 1], grid=grid, k=3, dtype=torch.float64, seed=0)
+    layer = model.layers[0]
+    x = (torch.rand(64, 3, dtype=torch.float64) * 2.4 - 1.2).requires_grad_()
+    assert layer._fused_constants(x) is not None
+    fused = layer.target_sums(x)
+    plain = _unfused_sums(x, layer.coef, layer.scale_sp, layer.scale_base, layer.spline_mask, layer.grid, 3, "silu")
+    torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-12)
+    weights = torch.randn_like(fused)
+    inputs = (x, layer.coef, layer.scale_sp, layer.scale_base)
+    for a, b in zip(torch.autograd.grad(fused, inputs, weights), torch.autograd.grad(plain, inputs, weights)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_large_quantile_grid_stays_unfused():
+    model = MultKAN([2, 3, 1], grid=25, k=3, seed=0)
+    model.update_grid(torch.rand(500, 2) ** 3, grid_eps=0.0)
+    assert model.layers[0]._fused_constants(torch.rand(10, 2)) is None

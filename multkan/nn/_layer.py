@@ -578,17 +578,15 @@ class MultKANLayer(nn.Module):
         """Return ``u_j = sum_i phi_ij(x_i)`` for every target, shape (batch, n_sub).
 
         The spline and base terms take one fused autograd node
-        (:class:`_FusedSplineLayer`), which evaluates equally spaced knots
-        piece by piece when the batch is large (see UNIFORM_LOCAL_MIN). Three
-        cases use plain differentiable operations instead: grids with at
-        least ``multkan.splines.LOCAL_BASIS_MIN`` basis functions, a grid
-        that requires a gradient and a base function without a fused form.
+        (:class:`_FusedSplineLayer`), see :meth:`_fused_constants`. Three
+        cases use plain differentiable operations instead: unequally spaced
+        grids with at least ``multkan.splines.LOCAL_BASIS_MIN`` basis
+        functions, a grid that requires a gradient and a base function
+        without a fused form.
         """
         coef, scale_sp, scale_base, grid = self.coef, self.scale_sp, self.scale_base, self.grid
-        if self.base_fun in _BASE_INTO and not grid.requires_grad and not _use_local(grid, self.k):
-            constants = self._spline_constants()
-            if constants.uniform is not None and x.shape[0] * constants.grid_columns.numel() < UNIFORM_LOCAL_MIN:
-                constants = constants.dense
+        constants = self._fused_constants(x) if self.base_fun in _BASE_INTO and not grid.requires_grad else None
+        if constants is not None:
             arguments = (x, coef, scale_sp, scale_base, self.spline_mask, constants, self.k, self.base_fun)
             if torch.is_grad_enabled() and (x.requires_grad or coef.requires_grad or scale_sp.requires_grad or scale_base.requires_grad):
                 sums = _FusedSplineLayer.apply(*arguments)
@@ -599,6 +597,21 @@ class MultKANLayer(nn.Module):
         for _, target, values in self.symbolic_edge_values(x):
             sums = sums.index_add(1, target, values)
         return sums
+
+    def _fused_constants(self, x: torch.Tensor) -> _SplineConstants | None:
+        """Return the constants for the fused layer on ``x``, or None where the unfused operations are used.
+
+        Equally spaced knots are evaluated piece by piece for large inputs
+        and for grids with at least ``LOCAL_BASIS_MIN`` basis functions;
+        other grids of that size keep the unfused local basis.
+        """
+        constants = self._spline_constants()
+        large_grid = _use_local(self.grid, self.k)
+        if constants.uniform is not None and (large_grid or x.shape[0] * constants.grid_columns.numel() >= UNIFORM_LOCAL_MIN):
+            return constants
+        if large_grid:
+            return None
+        return constants.dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map node values (batch, n_in) to node values (batch, n_out)."""
