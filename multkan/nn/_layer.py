@@ -82,11 +82,16 @@ def _fused_sums(x, coef, scale_sp, scale_base, spline_mask, constants, k, base_f
     batch, n_in = x.shape
     n_basis = coef.shape[-1]
     features = x.new_empty(n_in, n_basis + 1, batch)
-    derivative = x.new_empty(n_in, n_basis + 1, batch) if with_derivative else None
     inputs = x.T.contiguous()
     if constants.uniform is not None:
-        _uniform_local_rows(inputs, k, constants.uniform, features[:, :n_basis], None if derivative is None else derivative[:, :n_basis])
+        # The derivative is (index, slopes, base slope): the k + 1 non-zero
+        # basis derivatives per point, which the backward pass gathers to.
+        index, slopes = _uniform_local_rows(inputs, k, constants.uniform, features[:, :n_basis], with_derivative)
+        base_slope = x.new_empty(n_in, batch) if with_derivative else None
+        derivative = (index, slopes, base_slope) if with_derivative else None
     else:
+        derivative = x.new_empty(n_in, n_basis + 1, batch) if with_derivative else None
+        base_slope = None if derivative is None else derivative[:, n_basis]
         # dB_{m,k}/dx = k B_{m,k-1} / (t_{m+k} - t_m) - k B_{m+1,k-1} / (t_{m+k+1} - t_{m+1}).
         lower, _ = _cox_de_boor(inputs, constants.grid_columns, k, constants.reciprocal_columns, out=features[:, :n_basis], knot_dim=1)
         if derivative is not None and k == 0:
@@ -94,7 +99,7 @@ def _fused_sums(x, coef, scale_sp, scale_base, spline_mask, constants, k, base_f
         elif derivative is not None:
             scaled = lower * constants.derivative_scale
             torch.sub(scaled[:, :-1], scaled[:, 1:], out=derivative[:, :n_basis])
-    _BASE_INTO[base_fun](inputs, features[:, n_basis], None if derivative is None else derivative[:, n_basis])
+    _BASE_INTO[base_fun](inputs, features[:, n_basis], base_slope)
     weights, spline_weight = _fused_weights(coef, scale_sp, scale_base, spline_mask)
     # (n_sub, batch) then transposed. With the batch last in both factors the
     # product took 143 us against 684 us for features.T @ weights ([10, 10]
@@ -104,8 +109,8 @@ def _fused_sums(x, coef, scale_sp, scale_base, spline_mask, constants, k, base_f
     return sums, features, derivative, weights, spline_weight
 
 
-def _uniform_local_rows(inputs, k, uniform, values, derivative) -> None:
-    """Write the basis (and its derivative) on equally spaced knots into ``values`` (and ``derivative``).
+def _uniform_local_rows(inputs, k, uniform, values, with_derivative):
+    """Write the basis on equally spaced knots into ``values``; return the rows written and, if asked, the slopes.
 
     For ``s = (x - t_0) / h`` and ``mu = floor(s)``, the ``k + 1`` functions
     that can be non-zero are ``B_{mu-k}, ..., B_mu``, polynomials in ``u = s
@@ -115,8 +120,10 @@ def _uniform_local_rows(inputs, k, uniform, values, derivative) -> None:
     exist (index below 0 or above ``n_basis - 1``), which covers points
     outside ``[t_0, t_{n_knots-1})`` too.
 
-    ``inputs`` is (n_in, batch); ``values`` and ``derivative`` are views of
-    shape (n_in, n_basis, batch).
+    ``inputs`` is (n_in, batch) and ``values`` a view of shape (n_in,
+    n_basis, batch). Returns the row index of each of the ``k + 1`` values,
+    shape (n_in, k + 1, batch), and with ``with_derivative`` the matching
+    ``dB/dx`` (zero for functions that do not exist), else None.
     """
     offset, inverse_step, pieces, constant_row, exists, ranks, last = uniform
     scaled = torch.addcmul(offset, inputs, inverse_step)
@@ -132,10 +139,10 @@ def _uniform_local_rows(inputs, k, uniform, values, derivative) -> None:
     # Clamped indices of missing functions may meet a real one, so the zeroed values are added, not written.
     index = (interval.unsqueeze(1) + ranks).clamp_(0, values.shape[1] - 1)
     values.zero_().scatter_add_(1, index, local[..., : k + 1].transpose(1, 2))
-    if derivative is not None:
-        # dB/dx = (dB/du) / h, with h per input.
-        slopes = local[..., k + 1 :] * inverse_step.unsqueeze(-1)
-        derivative.zero_().scatter_add_(1, index, slopes.transpose(1, 2))
+    if not with_derivative:
+        return index, None
+    # dB/dx = (dB/du) / h, with h per input.
+    return index, (local[..., k + 1 :] * inverse_step.unsqueeze(-1)).transpose(1, 2)
 
 
 # Equally spaced grids take the local evaluation when n_in * batch * n_knots
@@ -165,12 +172,14 @@ class _FusedSplineLayer(torch.autograd.Function):
         ctx.k = k
         ctx.base_fun = base_fun
         ctx.constants = constants
-        ctx.save_for_backward(x, coef, scale_sp, scale_base, spline_mask, features, derivative, weights, spline_weight)
+        ctx.local = isinstance(derivative, tuple)
+        slopes = derivative if ctx.local else (derivative, None, None)
+        ctx.save_for_backward(x, coef, scale_sp, scale_base, spline_mask, features, *slopes, weights, spline_weight)
         return sums
 
     @staticmethod
     def backward(ctx, grad_sums):
-        x, coef, scale_sp, scale_base, spline_mask, features, derivative, weights, spline_weight = ctx.saved_tensors
+        x, coef, scale_sp, scale_base, spline_mask, features, derivative, slopes, base_slope, weights, spline_weight = ctx.saved_tensors
         constants = ctx.constants
         needs = ctx.needs_input_grad[:4]
         nothing = (None,) * 4
@@ -183,7 +192,11 @@ class _FusedSplineLayer(torch.autograd.Function):
         grad_rows = grad_sums.T
         if needs[0]:
             grad_features = (weights @ grad_rows).view(features.shape)
-            grad_x = (grad_features * derivative).sum(1).T
+            if ctx.local:
+                # derivative is the row index of the k + 1 slopes of each point.
+                grad_x = torch.addcmul((grad_features.gather(1, derivative) * slopes).sum(1), grad_features[:, -1], base_slope).T
+            else:
+                grad_x = (grad_features * derivative).sum(1).T
         if needs[1] or needs[2] or needs[3]:
             n_in, n_sub, n_basis = coef.shape
             # Shape (n_sub, n_in, n_basis + 1): the transpose of the weight gradient.
