@@ -309,9 +309,9 @@ def _train(
     # A full-batch step evaluates the objective on all training rows at the
     # parameters of the previous step before it changes them. So the
     # training loss and regulariser of a logged step are taken from the
-    # next step instead of a second forward pass.
-    # Only for at most EVAL_CHUNK rows, where _evaluate also takes one pass,
-    # so the logged value is the same whichever pass computed it.
+    # next step instead of a second forward pass. This is limited to at most
+    # EVAL_CHUNK rows, where _evaluate also takes one pass, so the logged
+    # value is the same whichever pass computed it.
     reuse_next = batch_size == n_train and n_train <= EVAL_CHUNK
     current_step = 0
     bar = tqdm(range(steps), desc="fit", disable=not progress, dynamic_ncols=True)
