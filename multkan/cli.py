@@ -356,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--seed", type=int, default=0, help="seed of data sampling, splits and models (default 0)")
     discover.add_argument(
         "--methods",
-        default="power_law,power_law_group,separable_product,additive,multiplicative,mult_node",
-        help="comma-separated methods to try, in order, from power_law, power_law_group, separable_product, additive, multiplicative, mult_node (default: all)",
+        default="power_law,power_law_group,separable_product,factored_sum,additive,multiplicative,mult_node",
+        help="comma-separated methods to try, in order, from power_law, power_law_group, separable_product, factored_sum, additive, multiplicative, mult_node (default: all)",
     )
     discover.add_argument(
         "--out",
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     bench.add_argument(
         "--methods",
-        default="power_law,power_law_group,separable_product,additive,multiplicative,mult_node",
+        default="power_law,power_law_group,separable_product,factored_sum,additive,multiplicative,mult_node",
         help="comma-separated discover methods, tried in order until one is exact to 1e-9 (default: all)",
     )
     bench.add_argument("--out", help="JSON file for the per-equation results")

@@ -11,7 +11,9 @@ a factor of the best:
    power law times a function of one monomial group,
    ``y = prod x_i^a_i * g(prod x_j^b_j)``, and a product of
    one-dimensional factors ``y = prod g_i(x_i)`` found by alternating
-   least squares, each factor named by a one-dimensional symbolic search.
+   least squares, and a product times a sum,
+   ``y = prod_S g_i * (sum_R h_j + C + prod_Q q_k)``, each function named
+   by a one-dimensional symbolic search.
 3. Separable KANs: ``[n, 1]`` networks (a sum of one-dimensional
    functions) fitted to ``y`` (additive separability) and, for a one-signed
    target, to ``log|y|`` (multiplicative separability), snapped to
@@ -39,14 +41,16 @@ from tqdm.auto import tqdm
 
 from .datasets import DATASET_KEYS, check_finite
 from .errors import InvalidDataError, MultKANWarning, invalid_parameter
-from .structure import power_law_group, separable_product
+from .structure import factored_sum, power_law_group, separable_product
 from .symbolic.formula import _snap_constant, formula_error, simplify_constants, snap_formula_constants, snap_value
 
 __all__ = ["Candidate", "DiscoveryResult", "discover", "equivalent"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("power_law", "power_law_group", "separable_product", "additive", "multiplicative", "mult_node")
+METHODS = ("power_law", "power_law_group", "separable_product", "factored_sum", "additive", "multiplicative", "mult_node")
+
+STRUCTURE_SEARCHES = {"power_law_group": power_law_group, "separable_product": separable_product, "factored_sum": factored_sum}
 
 DISCOVERY_LIBRARY = ("x", "x^2", "x^3", "1/x", "1/x^2", "sqrt", "1/sqrt(x)", "exp", "log", "sin", "cos", "tanh", "arcsin", "gaussian", "0")
 
@@ -344,8 +348,8 @@ def discover(
         L-BFGS steps per training phase.
     methods : sequence of str
         Any of ``"power_law"``, ``"power_law_group"``,
-        ``"separable_product"``, ``"additive"``, ``"multiplicative"``,
-        ``"mult_node"``, run in the given order.
+        ``"separable_product"``, ``"factored_sum"``, ``"additive"``,
+        ``"multiplicative"``, ``"mult_node"``, run in the given order.
     tolerance : float
         A simpler candidate is chosen when its test RMSE is at most
         ``tolerance`` times the best one (plus ``1e-10`` times the label
@@ -432,9 +436,8 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidat
         train, test = _evaluate(expression, symbols, data)
         return Candidate("power_law", expression, _complexity(expression), train, test)
 
-    if method in ("power_law_group", "separable_product"):
-        search = power_law_group if method == "power_law_group" else separable_product
-        expression = search(data["train_input"], data["train_label"], symbols)
+    if method in STRUCTURE_SEARCHES:
+        expression = STRUCTURE_SEARCHES[method](data["train_input"], data["train_label"], symbols)
         if expression is None:
             return None
         expression = _clean(expression)

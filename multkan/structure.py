@@ -20,9 +20,9 @@ import numpy as np
 import sympy
 import torch
 
-from .symbolic.formula import _fit_parameters, _parameterise, formula_error, simplify_constants, snap_value
+from .symbolic.formula import _parameterise, formula_error, simplify_constants, snap_formula_constants, snap_value
 
-__all__ = ["fit_univariate", "power_law_group", "separable_product"]
+__all__ = ["factored_sum", "fit_univariate", "power_law_group", "separable_product"]
 
 # One-dimensional library for the outer function f in c * f(a * G(u) + b) + d.
 UNIVARIATE_LIBRARY = (
@@ -35,6 +35,7 @@ _INNER_SCALES = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0)
 # The linear least-squares fits of powers are cheap enough for a grid of k 7% apart.
 _FINE_INNER_SCALES = tuple(float(v) for v in np.geomspace(0.05, 10.0, 80))
 _SCREEN_ROWS = 600
+_SEARCH_ROWS = 256
 _CHEBYSHEV_DEGREE = 14
 
 
@@ -95,17 +96,44 @@ def fit_univariate(z: np.ndarray, y: np.ndarray, symbol: sympy.Symbol, *, noise:
     if bool((z > 0).all()):
         powers += [0.5, -0.5]
     scale = float(np.median(np.abs(z))) or largest
-    u = z / scale
     u_symbol = symbol / sympy.Float(scale)
-    inner = _inner_functions(u)
-    scored = _score_rows(u, y, [g for g in inner if g.complexity < 2], powers, UNIVARIATE_LIBRARY, u_symbol)
-    scored += _score_rows(u, y, [g for g in inner if g.complexity >= 2], [p for p in powers if abs(p) <= 1], _SCALED_INNER_LIBRARY, u_symbol)
-    fine = _inner_functions(u, _FINE_INNER_SCALES)
-    scored += _score_power_rows(u, y, [g for g in fine if g.complexity < 2], powers, u_symbol)
-    scored += _score_power_rows(u, y, [g for g in fine if g.complexity >= 2], [p for p in powers if abs(p) <= 1], u_symbol)
-    if not scored:
-        return None
+    floor = max(1e-9 * max(float(np.abs(y).max()), 1e-300), noise)
 
+    # The search runs on a subsample spread evenly over the sorted z; only the final snapping
+    # and the returned RMSE use every sample.
+    order = np.argsort(z, kind="stable")
+    sample = order[np.linspace(0, len(z) - 1, min(len(z), _SEARCH_ROWS)).astype(int)]
+    z_search, y_search = z[sample], y[sample]
+    u = z_search / scale
+    inner = _inner_functions(u)
+    fine = _inner_functions(u, _FINE_INNER_SCALES)
+    scaled_powers = [p for p in powers if abs(p) <= 1]
+    stages = [
+        lambda: _score_rows(u, y_search, [g for g in inner if g.complexity < 2], powers, UNIVARIATE_LIBRARY, u_symbol)
+        + _score_power_rows(u, y_search, [g for g in fine if g.complexity < 2], powers, u_symbol),
+        lambda: _score_rows(u, y_search, [g for g in inner if g.complexity >= 2], scaled_powers, _SCALED_INNER_LIBRARY, u_symbol)
+        + _score_power_rows(u, y_search, [g for g in fine if g.complexity >= 2], scaled_powers, u_symbol),
+    ]
+    # The scaled inner functions cost most, so they are searched only when the simpler
+    # families leave an error above the noise.
+    scored, refitted, result = [], {}, None
+    for stage in stages:
+        scored += stage()
+        if not scored:
+            continue
+        result = _choose_univariate(scored, refitted, symbol, (z_search, y_search), (z, y), noise, floor, max_refits, max_candidates)
+        if result is not None and result[1] <= floor + 1e-9 * float(np.sqrt(np.mean(y**2))):
+            break
+    return result
+
+
+def _choose_univariate(scored, refitted: dict, symbol, search, full, noise, floor, max_refits, max_candidates):
+    """Refit the shortlist of ``scored`` on ``search`` data, snap the best on ``full`` data and pick one.
+
+    ``refitted`` caches refits by candidate across calls.
+    """
+    z_search, y_search = search
+    z, y = full
     # One candidate per inner family, outer function and power: the best-scoring ones and the
     # simplest ones whose score is within the noise. Each gets a least-squares refit of all its
     # constants (including k) before the ranking, because the grid's scores are approximate.
@@ -117,22 +145,25 @@ def fit_univariate(z: np.ndarray, y: np.ndarray, symbol: sympy.Symbol, *, noise:
     tolerance = max(2.0 * families[0][0], noise / max(float(np.sqrt(np.mean(y**2))), 1e-300))
     simplest = sorted((entry for entry in families if entry[0] <= tolerance), key=lambda entry: (entry[1], entry[0]))
     shortlist = list({id(entry): entry for entry in families[:max_refits] + simplest[: max_refits // 2]}.values())
+    for entry in shortlist:
+        if id(entry) in refitted:
+            continue
+        _, _, inner_function, power, function, params, u_symbol = entry
+        prefactor = u_symbol ** sympy.nsimplify(power) if power != 0 else sympy.Integer(1)
+        refitted[id(entry)] = []
+        for outer in _outer_expressions(function, *params, inner_function.symbolic(u_symbol)):
+            expression, rmse = _refit_constants(prefactor * outer, symbol, z_search, y_search)
+            if math.isfinite(rmse):
+                refitted[id(entry)].append((rmse, _complexity(expression), expression))
+    candidates = [r for results in refitted.values() for r in results]
+    if not candidates:
+        return None
+    best_rmse = min(r[0] for r in candidates)
+    picks = sorted(candidates, key=lambda r: r[0])[:3]
+    picks += sorted((r for r in candidates if r[0] <= 2.0 * best_rmse + floor), key=lambda r: (r[1], r[0]))[:max_candidates]
+
     x_column = torch.tensor(z[:, None])
     target = torch.tensor(y)
-    refitted = []
-    for _, _, inner_function, power, function, params, u_symbol in shortlist:
-        prefactor = u_symbol ** sympy.nsimplify(power) if power != 0 else sympy.Integer(1)
-        for outer in _outer_expressions(function, *params, inner_function.symbolic(u_symbol)):
-            expression, rmse = _refit_constants(prefactor * outer, symbol, z, y)
-            if math.isfinite(rmse):
-                refitted.append((rmse, _complexity(expression), expression))
-    if not refitted:
-        return None
-    best_rmse = min(r[0] for r in refitted)
-    floor = max(1e-9 * max(float(np.abs(y).max()), 1e-300), noise)
-    picks = sorted(refitted, key=lambda r: r[0])[:3]
-    picks += sorted((r for r in refitted if r[0] <= 2.0 * best_rmse + floor), key=lambda r: (r[1], r[0]))[:max_candidates]
-
     results = []
     for _, _, expression in {id(r): r for r in picks}.values():
         expression = simplify_constants(expression, [symbol], x_column, target)
@@ -152,11 +183,32 @@ def _refit_constants(expression: sympy.Expr, symbol: sympy.Symbol, z: np.ndarray
     if not thetas:
         check = formula_error(expression, [symbol], torch.tensor(z[:, None]), torch.tensor(y))
         return expression, check.rmse if check.finite else math.inf
+    from scipy.optimize import least_squares
+
     function = sympy.lambdify([symbol, *thetas], template, modules="numpy")
-    values, rmse = _fit_parameters(function, [z], y, values, [True] * len(thetas))
-    if not np.isfinite(values).all():
+    # An exact Jacobian saves the len(thetas) extra evaluations per step of finite differences.
+    derivatives = sympy.lambdify([symbol, *thetas], [sympy.diff(template, theta) for theta in thetas], modules="numpy")
+
+    def residual(parameters):
+        with np.errstate(all="ignore"):
+            result = np.broadcast_to(np.asarray(function(z, *parameters), dtype=float), y.shape) - y
+        return np.where(np.isfinite(result), result, 1e6)
+
+    def jacobian(parameters):
+        with np.errstate(all="ignore"):
+            columns = [np.broadcast_to(np.asarray(column, dtype=float), y.shape) for column in derivatives(z, *parameters)]
+        matrix = np.stack(columns, axis=1)
+        return np.where(np.isfinite(matrix), matrix, 0.0)
+
+    start = np.array(values, dtype=float)
+    try:
+        solution = least_squares(residual, start, jac=jacobian, method="lm", max_nfev=50 * (len(thetas) + 1)).x
+    except (ValueError, np.linalg.LinAlgError):
+        solution = start
+    if not np.isfinite(solution).all():
         return expression, math.inf
-    return template.xreplace({theta: sympy.Float(float(v)) for theta, v in zip(thetas, values)}), rmse
+    rmse = float(np.sqrt(np.mean(residual(solution) ** 2)))
+    return template.xreplace({theta: sympy.Float(float(v)) for theta, v in zip(thetas, solution)}), rmse
 
 
 def _build_rows(u, y, inner_functions, powers) -> tuple[list[tuple], np.ndarray, np.ndarray]:
@@ -391,8 +443,7 @@ def _formula_with_group(x, y, symbols, indices, exponents) -> sympy.Expr | None:
         return None
     group = sympy.Mul(*(symbols[i] ** e for i, e in zip(indices, exponents)))
     prefactor = sympy.Mul(*(symbols[i] ** p for i, p in powers.items()))
-    expression = prefactor * fitted[0].xreplace({group_symbol: group})
-    return simplify_constants(expression, list(symbols), torch.tensor(x), torch.tensor(y))
+    return _refit_and_snap(prefactor * fitted[0].xreplace({group_symbol: group}), symbols, x, y)
 
 
 def separable_product(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Symbol], *, sweeps: int = 40) -> sympy.Expr | None:
@@ -433,7 +484,35 @@ def separable_product(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.
         if named is None:
             return None
         expression = expression * named[0].xreplace({placeholder: feature})
-    return simplify_constants(expression, list(symbols), torch.tensor(x), torch.tensor(y))
+    return _refit_and_snap(_normalise_scale(expression), symbols, x, y)
+
+
+def _refit_and_snap(expression: sympy.Expr, symbols, x: np.ndarray, y: np.ndarray) -> sympy.Expr:
+    """Refit and snap the constants on all rows, then snap floats that are within 1e-4 of a simple value."""
+    return snap_formula_constants(simplify_constants(expression, list(symbols), torch.tensor(x), torch.tensor(y)))
+
+
+def _normalise_scale(expression: sympy.Expr) -> sympy.Expr:
+    """Move the scale of every sum in a product into the product's one numeric coefficient.
+
+    In ``c * (a + b*x) * (d*y + e)`` only ``c*a*d`` and the ratios ``b/a``
+    and ``e/d`` are determined by data. Each sum is divided by the float
+    coefficient of its largest term, so the refit in
+    :func:`multkan.symbolic.simplify_constants` has no free direction and
+    each constant can be snapped on its own.
+    """
+    coefficient, factors = expression.as_coeff_mul()
+    normalised = []
+    for factor in factors:
+        if factor.is_Add:
+            scales = [term.as_coeff_Mul()[0] for term in factor.args]
+            floats = [value for value in scales if isinstance(value, sympy.Float) and value != 0]
+            if floats:
+                divisor = max(floats, key=lambda value: abs(float(value)))
+                coefficient = coefficient * divisor
+                factor = sympy.Add(*(term / divisor for term in factor.args))
+        normalised.append(factor)
+    return coefficient * sympy.Mul(*normalised)
 
 
 def _alternating_product(features: list[np.ndarray], y: np.ndarray, sweeps: int, tolerance: float = 1e-4) -> tuple[float, list] | None:
@@ -490,3 +569,148 @@ def _product_with_group(x, y, symbols, sweeps) -> tuple[tuple[float, list] | Non
     monomial = sympy.Mul(*(symbols[i] ** e for i, e in zip(indices, exponents)))
     features = [(x[:, i], symbols[i]) for i in range(n_var) if i != indices[0]] + [(group, monomial)]
     return _alternating_product([values for values, _ in features], y, sweeps), features
+
+
+def factored_sum(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Symbol], *, sweeps: int = 300, max_partitions: int = 800) -> sympy.Expr | None:
+    """Fit ``y = prod_{i in S} g_i(x_i) * (sum_{j in R} h_j(x_j) + C + prod_{k in Q} q_k(x_k))``.
+
+    This covers a power law or product times a sum, such as ``q * (E + B *
+    v * sin(theta))``, ``m * (u^2 + v^2 + w^2) / 2`` or ``n * (1 + p * E *
+    cos(theta) / (k * T))``. The inputs are assigned to the prefactor
+    ``S``, the additive terms ``R`` and the inner product ``Q`` in every way,
+    up to ``max_partitions`` assignments with the fewest prefactor and
+    product inputs first. Each assignment is scored on a subsample by 15
+    sweeps of alternating least squares, where each block is linear in its
+    Chebyshev coefficients. The three best
+    get ``sweeps`` sweeps on all rows, and the first with a relative RMSE
+    below ``1e-4`` has every non-constant function
+    named by :func:`fit_univariate`, and the constants of the formula are
+    refitted and snapped. Returns None when no assignment fits.
+    """
+    x = np.asarray(torch.as_tensor(x, dtype=torch.float64))
+    y = np.asarray(torch.as_tensor(y, dtype=torch.float64)).reshape(-1)
+    n_var = x.shape[1]
+    if n_var < 2 or not float(np.sqrt(np.mean(y**2))) > 0:
+        return None
+    # Alternating least squares converges slowly when a constant can move between the sum and
+    # the inner product, so a short run ranks the assignments and only the best get long runs.
+    rows = np.linspace(0, len(y) - 1, min(len(y), _SCREEN_ROWS)).astype(int)
+    screened = []
+    for partition in _partitions(n_var, max_partitions):
+        fitted = _fit_factored_sum(x[rows], y[rows], partition, 15, tolerance=math.inf)
+        if fitted is not None:
+            screened.append((fitted[0], partition))
+    fitted = None
+    for _, partition in sorted(screened, key=lambda entry: entry[0])[:3]:
+        fitted = _fit_factored_sum(x, y, partition, sweeps, tolerance=1e-4)
+        if fitted is not None:
+            break
+    if fitted is None:
+        return None
+
+    _, prefactor, additive, constant, product = fitted
+    placeholder = sympy.Symbol("_t", real=True)
+
+    def name(index: int, values: np.ndarray) -> sympy.Expr | None:
+        if float(values.std()) <= 1e-6 * max(float(np.abs(values).max()), 1e-300):
+            return sympy.Float(float(values.mean()))
+        named = fit_univariate(x[:, index], values, placeholder, noise=1e-4 * max(float(np.sqrt(np.mean(values**2))), 1e-300))
+        return None if named is None else named[0].xreplace({placeholder: symbols[index]})
+
+    terms = [name(i, values) for i, values in prefactor.items()]
+    inner_terms = [name(j, values) for j, values in additive.items()]
+    product_terms = [name(k, values) for k, values in product.items()]
+    if any(term is None for term in terms + inner_terms + product_terms):
+        return None
+    inner = sympy.Add(*inner_terms, sympy.Float(constant))
+    if product_terms:
+        inner = inner + sympy.Mul(*product_terms)
+    return _refit_and_snap(_normalise_scale(sympy.Mul(*terms) * inner), symbols, x, y)
+
+
+def _partitions(n_var: int, limit: int) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """Assignments ``(S, R, Q)`` of the inputs, fewest prefactor and product inputs first.
+
+    ``Q`` is empty or has at least two inputs (one input would be an
+    additive term), and a partition with an empty ``R`` and ``Q`` is a plain
+    product, which :func:`separable_product` covers.
+    """
+    found = []
+    for labels in itertools.product(range(3), repeat=n_var):
+        prefactor = tuple(i for i in range(n_var) if labels[i] == 0)
+        additive = tuple(i for i in range(n_var) if labels[i] == 1)
+        product = tuple(i for i in range(n_var) if labels[i] == 2)
+        if len(product) == 1 or not (additive or product):
+            continue
+        found.append((len(prefactor) + len(product), prefactor, additive, product))
+    found.sort(key=lambda entry: entry[0])
+    return [entry[1:] for entry in found[:limit]]
+
+
+def _fit_factored_sum(x, y, partition, sweeps, tolerance):
+    """Alternating least squares for :func:`factored_sum` with a fixed assignment.
+
+    Returns ``(relative RMSE, prefactor values, additive values, constant,
+    product values)``, each set of values a dict from input index to the
+    function's values on the rows, or None when the RMSE is above
+    ``tolerance``.
+    """
+    prefactor_inputs, additive_inputs, product_inputs = partition
+    count = len(y)
+    scale = float(np.sqrt(np.mean(y**2)))
+    bases = {i: _chebyshev_basis(x[:, i], 14) for i in range(x.shape[1])}
+    if any(basis is None for basis in bases.values()):
+        return None
+    prefactor = {i: np.ones(count) for i in prefactor_inputs}
+    product = {k: bases[k][:, 1].copy() for k in product_inputs}
+    additive = {j: np.zeros(count) for j in additive_inputs}
+    constant = 0.0
+    error = math.inf
+
+    def total(values: dict, skip: int | None = None) -> np.ndarray:
+        return np.prod([v for key, v in values.items() if key != skip], axis=0) if len(values) > (skip is not None) else np.ones(count)
+
+    for _ in range(sweeps):
+        # The sum block: additive terms and the constant, linear given the rest.
+        outer = total(prefactor)
+        inner_product = total(product) if product else np.zeros(count)
+        columns = [outer[:, None] * bases[j][:, 1:] for j in additive_inputs] + [outer[:, None]]
+        design = np.concatenate(columns, axis=1)
+        solution, *_ = np.linalg.lstsq(design, y - outer * inner_product, rcond=None)
+        position = 0
+        for j in additive_inputs:
+            width = bases[j].shape[1] - 1
+            additive[j] = bases[j][:, 1:] @ solution[position : position + width]
+            position += width
+        constant = float(solution[-1])
+        additive_sum = sum(additive.values(), np.zeros(count)) + constant
+
+        # Each factor of the inner product, linear given the rest.
+        for k in product_inputs:
+            target = y - outer * additive_sum
+            coefficients, *_ = np.linalg.lstsq(bases[k] * (outer * total(product, k))[:, None], target, rcond=None)
+            product[k] = bases[k] @ coefficients
+        inner = additive_sum + (total(product) if product else 0.0)
+
+        # Each prefactor factor, normalised to an RMS of 1 with its scale moved into the sum.
+        for i in prefactor_inputs:
+            coefficients, *_ = np.linalg.lstsq(bases[i] * (inner * total(prefactor, i))[:, None], y, rcond=None)
+            values = bases[i] @ coefficients
+            norm = float(np.sqrt(np.mean(values**2)))
+            if not norm > 0:
+                return None
+            prefactor[i] = values / norm
+            inner = inner * norm
+            additive = {j: v * norm for j, v in additive.items()}
+            constant *= norm
+            if product:
+                first = product_inputs[0]
+                product[first] = product[first] * norm
+
+        prediction = total(prefactor) * inner
+        error = float(np.sqrt(np.mean((prediction - y) ** 2))) / scale
+        if error < 1e-2 * min(tolerance, 1e-3):
+            break
+    if not error < tolerance:
+        return None
+    return error, prefactor, additive, constant, product

@@ -7,7 +7,7 @@ import torch
 
 from multkan.discover import discover
 from multkan.feynman import get_equation
-from multkan.structure import fit_univariate, power_law_group, separable_product
+from multkan.structure import factored_sum, fit_univariate, power_law_group, separable_product
 
 z = sympy.Symbol("z", positive=True)
 
@@ -82,6 +82,34 @@ def test_separable_product_rejects_sum():
     rng = np.random.default_rng(5)
     x = rng.uniform(1, 5, (500, 2))
     assert separable_product(torch.tensor(x), torch.tensor(x[:, 0] + x[:, 1]), _symbols("ab")) is None
+
+
+def test_factored_sum_prefactor_times_offset():
+    rng = np.random.default_rng(6)
+    beta, alpha, theta = rng.uniform(1, 5, 1000), rng.uniform(1, 5, 1000), rng.uniform(1, 5, 1000)
+    x = torch.tensor(np.column_stack([beta, alpha, theta]))
+    y = torch.tensor(beta * (1 + alpha * np.cos(theta)))
+    symbols = _symbols(["beta", "alpha", "theta"])
+    found = factored_sum(x, y, symbols)
+    _assert_same(found, symbols[0] * (1 + symbols[1] * sympy.cos(symbols[2])))
+
+
+@pytest.mark.slow
+def test_factored_sum_product_times_sum():
+    rng = np.random.default_rng(7)
+    columns = rng.uniform(1, 5, (1000, 4))
+    m, u, v, w = columns.T
+    y = torch.tensor(m * (u**2 + v**2 + w**2) / 2)
+    symbols = _symbols(["m", "u", "v", "w"])
+    found = factored_sum(torch.tensor(columns), y, symbols)
+    _assert_same(sympy.nsimplify(found), symbols[0] * (symbols[1] ** 2 + symbols[2] ** 2 + symbols[3] ** 2) / 2)
+
+
+def test_factored_sum_rejects_unstructured():
+    rng = np.random.default_rng(8)
+    x = rng.uniform(1, 5, (400, 2))
+    y = np.sin(x[:, 0] * x[:, 1]) + x[:, 0]
+    assert factored_sum(torch.tensor(x), torch.tensor(y), _symbols("ab")) is None
 
 
 @pytest.mark.slow
