@@ -149,11 +149,13 @@ def _network_method(result) -> str | None:
     """
     if result.model is None:
         return None
+    if result.network_method is not None:
+        return result.network_method
     for candidate in result.candidates:
         if candidate.model is result.model:
             return candidate.method
-    # NOTE: a network whose candidate is not on the Pareto front is not in
-    # result.candidates, so its method is unknown here.
+    # NOTE: a result built without network_method whose network's candidate
+    # is not on the Pareto front has no record of the method.
     return None
 
 
@@ -209,6 +211,8 @@ def _discover(arguments: argparse.Namespace) -> int:
         return 0
     print(f"formula:  {result.formula}")
     print(f"method:   {result.method}")
+    for method, reason in result.skipped.items():
+        print(f"no formula from {method}: {reason}")
     print(f"test RMSE of the formula: {result.formula_test_rmse:.3e}")
     if result.model_test_rmse is not None:
         print(f"test RMSE of the best network: {result.model_test_rmse:.3e}")

@@ -100,6 +100,11 @@ class DiscoveryResult:
         simplifies to a constant, or the ratio to a non-zero constant.
     strict : bool or None
         The difference simplifies to 0.
+    network_method : str or None
+        The method whose network ``model`` is: the chosen formula's, or
+        else the one with the most accurate network.
+    skipped : dict of str to str
+        Each method that gave no formula, with the reason.
     """
 
     formula: sympy.Expr
@@ -114,6 +119,8 @@ class DiscoveryResult:
     exact: bool | None = None
     strict: bool | None = None
     model: Any = field(default=None, repr=False)
+    network_method: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable summary."""
@@ -129,6 +136,8 @@ class DiscoveryResult:
             "true_formula": None if self.true_formula is None else str(self.true_formula),
             "exact": self.exact,
             "strict": self.strict,
+            "network_method": self.network_method,
+            "skipped": dict(self.skipped),
             "candidates": [
                 {"method": c.method, "formula": str(c.expression), "complexity": c.complexity, "train_rmse": c.train_rmse, "test_rmse": c.test_rmse, "width": c.width}
                 for c in self.candidates
@@ -203,24 +212,30 @@ def _evaluate(expression, symbols, data) -> tuple[float, float]:
 
 # Methods.
 
-def _power_law(data, symbols) -> sympy.Expr | None:
+def _power_law(data, symbols) -> sympy.Expr | str:
+    """Fit ``C * prod x_i^p_i``; return the formula, or the reason none fits."""
     x, y = data["train_input"], data["train_label"][:, 0]
-    if not bool((x > 0).all()) or not (bool((y > 0).all()) or bool((y < 0).all())):
-        return None
+    if not bool((x > 0).all()):
+        return "needs positive inputs"
+    if not (bool((y > 0).all()) or bool((y < 0).all())):
+        return "needs a target of one sign"
     sign = 1 if float(y[0]) > 0 else -1
-    design = torch.cat([torch.log(x), torch.ones_like(y)[:, None]], dim=1)
+    # A constant input gets exponent 0: its log column would only duplicate the intercept.
+    varying = [i for i in range(x.shape[1]) if float(x[:, i].max() - x[:, i].min()) > 0]
+    design = torch.cat([torch.log(x[:, varying]), torch.ones_like(y)[:, None]], dim=1)
     solution = torch.linalg.lstsq(design, torch.log(sign * y)[:, None]).solution[:, 0]
     residual = design @ solution - torch.log(sign * y)
     if float(residual.abs().max()) > 1e-2:
-        return None
+        return f"no power law fits (largest residual of log|y| {float(residual.abs().max()):.2g})"
 
-    exponents = []
-    for value in solution[:-1].tolist():
+    exponents = [sympy.Integer(0)] * x.shape[1]
+    for i, value in zip(varying, solution[:-1].tolist()):
+        if abs(value) < 1e-3:
+            continue
         snapped = snap_value(value, tolerance=2e-2, max_denominator=3)
-        exponents.append(sympy.nsimplify(snapped) if snapped is not None and snapped != 0 or abs(value) < 1e-3 else None)
-        if exponents[-1] is None and abs(value) >= 1e-3:
-            return None
-    exponents = [e if e is not None else sympy.Integer(0) for e in exponents]
+        if snapped is None or snapped == 0:
+            return f"the exponent {value:.4g} of {symbols[i]} is not a simple fraction"
+        exponents[i] = sympy.nsimplify(snapped)
     monomial = sympy.Mul(*(s**e for s, e in zip(symbols, exponents)))
     numeric = sympy.lambdify(symbols, monomial, modules="numpy")(*[x[:, i].numpy() for i in range(x.shape[1])])
     constant = float(np.median(sign * y.numpy() / np.asarray(numeric, dtype=float)))
@@ -382,7 +397,10 @@ def discover(
     y_train, y_test = data["train_label"], data["test_label"]
     one_signed = bool((y_train > 0).all()) or bool((y_train < 0).all())
 
-    stages = [m for m in methods if m != "multiplicative" or one_signed]
+    skipped: dict[str, str] = {}
+    if "multiplicative" in methods and not one_signed:
+        skipped["multiplicative"] = "needs a target of one sign"
+    stages = [m for m in methods if m not in skipped]
     bar = tqdm(stages, desc="discover", disable=not progress)
     for method in bar:
         bar.set_postfix_str(method)
@@ -390,8 +408,10 @@ def discover(
             candidate = _run_method(method, data, symbols, seed=seed, steps=steps, widths_tried=widths_tried)
         except (ArithmeticError, ValueError, RuntimeError) as error:
             logger.warning("method %s failed: %s", method, error)
+            skipped[method] = f"failed: {error}"
             continue
-        if candidate is None:
+        if isinstance(candidate, str):
+            skipped[method] = candidate
             continue
         if candidate.model is not None:
             rmse = candidate.model[1]
@@ -405,8 +425,10 @@ def discover(
     bar.close()
 
     if not candidates:
-        raise InvalidDataError("discover found no formula: every method failed on this data. Check the data or give more samples.")
+        reasons = "; ".join(f"{method}: {reason}" for method, reason in skipped.items())
+        raise InvalidDataError(f"discover found no formula: every method failed on this data ({reasons}). Check the data or give more samples.")
     chosen, pareto = _choose(candidates, tolerance, float(y_train.abs().max()))
+    network, network_method = _network_of(chosen, candidates)
     result = DiscoveryResult(
         formula=chosen.expression,
         candidates=pareto,
@@ -416,7 +438,9 @@ def discover(
         seconds=time.perf_counter() - start,
         method=chosen.method,
         variables=[str(s) for s in symbols],
-        model=_network_of(chosen, candidates),
+        model=network,
+        network_method=network_method,
+        skipped=skipped,
     )
     if true_formula is not None:
         truth = sympy.sympify(true_formula, locals={str(s): s for s in symbols}) if isinstance(true_formula, str) else true_formula
@@ -427,23 +451,24 @@ def discover(
     return result
 
 
-def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidate | None:
+def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidate | str:
+    """Run one method; return its candidate, or the reason it found none."""
     n_var = len(symbols)
     if method == "power_law":
         expression = _power_law(data, symbols)
-        if expression is None:
-            return None
+        if isinstance(expression, str):
+            return expression
         train, test = _evaluate(expression, symbols, data)
         return Candidate("power_law", expression, _complexity(expression), train, test)
 
     if method in STRUCTURE_SEARCHES:
         expression = STRUCTURE_SEARCHES[method](data["train_input"], data["train_label"], symbols)
         if expression is None:
-            return None
+            return "no formula of this structure fits" if method != "power_law_group" else "no formula of this structure, other than a plain power law, fits"
         expression = _clean(expression)
         train, test = _evaluate(expression, symbols, data)
         if not math.isfinite(test):
-            return None
+            return "the formula is not finite on the test rows"
         return Candidate(method, expression, _complexity(expression), train, test)
 
     if method == "additive":
@@ -456,7 +481,7 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidat
         transform = sign
     else:
         if n_var < 2:
-            return None
+            return "needs at least two inputs"
         width, arity, target = [n_var, [0, 1], 1], n_var, (data["train_label"], data["test_label"])
         transform = None
 
@@ -474,7 +499,7 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidat
     expression = _clean(simplify_constants(expression, symbols, data["train_input"], data["train_label"]))
     train, test = _evaluate(expression, symbols, data)
     if not math.isfinite(test):
-        return None
+        return "the snapped formula is not finite on the test rows"
     return Candidate(method, expression, _complexity(expression), train, test, width, (model, rmse))
 
 
@@ -510,12 +535,15 @@ def _product_of_factors(model, data, symbols) -> sympy.Expr:
     return expression
 
 
-def _network_of(chosen: Candidate, candidates: list[Candidate]):
-    """Return the chosen candidate's network, or else the most accurate candidate network."""
+def _network_of(chosen: Candidate, candidates: list[Candidate]) -> tuple[Any, str | None]:
+    """Return the chosen candidate's network, or else the most accurate candidate network, with its method."""
     if chosen.model is not None:
-        return chosen.model
+        return chosen.model, chosen.method
     with_model = [c for c in candidates if c.model is not None]
-    return min(with_model, key=lambda c: c.test_rmse).model if with_model else None
+    if not with_model:
+        return None, None
+    best = min(with_model, key=lambda c: c.test_rmse)
+    return best.model, best.method
 
 
 def _choose(candidates: list[Candidate], tolerance: float, scale: float) -> tuple[Candidate, list[Candidate]]:

@@ -1,0 +1,49 @@
+"""discover: reasons for methods without a formula, constant inputs, the network's method."""
+
+import numpy as np
+import sympy
+import torch
+
+from multkan.datasets import dataset_from_arrays
+from multkan.discover import METHODS, discover
+
+
+def _dataset(x, y):
+    return dataset_from_arrays(torch.tensor(x), torch.tensor(y)[:, None], test_size=0.25, seed=0, dtype=torch.float64)
+
+
+def test_power_law_reason_negative_inputs():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, (200, 2))
+    result = discover(_dataset(x, x[:, 0] + x[:, 1]), ["a", "b"], methods=("power_law", "additive"), progress=False)
+    assert result.skipped["power_law"] == "needs positive inputs"
+    assert "skipped" in result.to_dict()
+
+
+def test_power_law_reason_sign_change():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(1, 2, (200, 2))
+    result = discover(_dataset(x, x[:, 0] - x[:, 1]), ["a", "b"], methods=("power_law", "additive"), progress=False)
+    assert result.skipped["power_law"] == "needs a target of one sign"
+
+
+def test_power_law_constant_input_column():
+    rng = np.random.default_rng(2)
+    x = np.column_stack([rng.uniform(1, 5, 200), np.ones(200)])
+    result = discover(_dataset(x, 3 * x[:, 0]), ["a", "b"], methods=("power_law",), progress=False)
+    a = sympy.Symbol("a", real=True)
+    assert sympy.simplify(result.formula - 3 * a) == 0
+
+
+def test_network_method_recorded():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(1, 2, (200, 2))
+    result = discover(_dataset(x, x[:, 0] * x[:, 1]), ["a", "b"], methods=("power_law", "additive"), progress=False)
+    assert result.method == "power_law"
+    assert result.network_method == "additive"
+    assert result.model is not None
+    assert result.to_dict()["network_method"] == "additive"
+
+
+def test_methods_listed_in_order():
+    assert METHODS[:4] == ("power_law", "power_law_group", "separable_product", "factored_sum")
