@@ -22,6 +22,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .batch import BatchedMultKAN
     from .datasets import create_dataset, dataset_from_arrays
     from .graph import EdgeId, build_graph
     from .kanpiler import kanpile
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchedMultKAN",
     "CheckpointError",
     "EdgeId",
     "GraphError",
@@ -55,6 +57,7 @@ __getattr__, __dir__ = lazy_attributes(
     __name__,
     globals(),
     {
+        "BatchedMultKAN": ".batch",
         "EdgeId": ".graph",
         "KANRegressor": ".sklearn",
         "MultKAN": ".model",

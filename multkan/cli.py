@@ -15,6 +15,7 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 DEFAULT_EQUATION = "I.12.1"
+DEFAULT_METHODS = "power_law,power_law_group,separable_product,factored_sum,additive,multiplicative,mult_node"
 
 # Python API names in library messages, with the words a command-line user
 # acts on. The library messages name parameters (inputs, min_rows) and
@@ -76,6 +77,9 @@ def _discover_data(arguments: argparse.Namespace):
         dataset = {key: value.to(torch.float64) for key, value in dataset.items()}
         return dataset, list(table.input_names), None, Path(arguments.data).stem
 
+    if arguments.target is not None or arguments.inputs is not None:
+        option = "--target" if arguments.target is not None else "--inputs"
+        raise InvalidParameterError(f"{option} needs a data file: give the CSV or TSV file before the options, for example multkan discover data.csv {option} ...")
     from .feynman import get_equation
 
     equation = get_equation(arguments.feynman or DEFAULT_EQUATION)
@@ -186,8 +190,14 @@ def _discover(arguments: argparse.Namespace) -> int:
     from .discover import discover
     from .errors import MultKANError
 
-    if arguments.steps < 1 or arguments.samples < 2:
-        print(f"multkan discover: invalid --steps {arguments.steps} or --samples {arguments.samples}: expected --steps >= 1 and --samples >= 2", file=sys.stderr)
+    if arguments.steps < 1:
+        print(f"multkan discover: invalid --steps {arguments.steps}: expected an integer >= 1", file=sys.stderr)
+        return 2
+    if arguments.samples < 2:
+        print(f"multkan discover: invalid --samples {arguments.samples}: expected an integer >= 2", file=sys.stderr)
+        return 2
+    if not arguments.stop_rmse >= 0:
+        print(f"multkan discover: invalid --stop-rmse {arguments.stop_rmse}: expected a number >= 0", file=sys.stderr)
         return 2
     try:
         dataset, names, truth, run_name = _discover_data_printing_warnings(arguments)
@@ -195,10 +205,21 @@ def _discover(arguments: argparse.Namespace) -> int:
         print(f"multkan discover: {_cli_message(error)}", file=sys.stderr)
         return 2
 
-    methods = tuple(m.strip() for m in arguments.methods.split(",") if m.strip())
+    methods = tuple(m.strip() for m in arguments.methods.split(","))
+    if arguments.methods == DEFAULT_METHODS and arguments.data is None and arguments.feynman is None:
+        # The default equation is a product: its mult-node network is the one worth drawing.
+        methods = ("power_law", "mult_node", *(m for m in methods if m not in ("power_law", "mult_node")))
     try:
         result = discover(
-            dataset, names, true_formula=truth, seed=arguments.seed, steps=arguments.steps, methods=methods, progress=not arguments.quiet
+            dataset,
+            names,
+            true_formula=truth,
+            seed=arguments.seed,
+            steps=arguments.steps,
+            methods=methods,
+            stop_rmse=arguments.stop_rmse or None,
+            stop_needs_network=True,
+            progress=not arguments.quiet,
         )
     except MultKANError as error:
         print(f"multkan discover: {_cli_message(error)}", file=sys.stderr)
@@ -265,7 +286,7 @@ def _bench(arguments: argparse.Namespace) -> int:
     from .errors import MultKANError
     from .feynman import get_equation, list_equations
 
-    methods = tuple(m.strip() for m in arguments.methods.split(",") if m.strip())
+    methods = tuple(m.strip() for m in arguments.methods.split(","))
     unknown = [m for m in methods if m not in METHODS]
     problems = []
     if unknown or not methods:
@@ -360,8 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--seed", type=int, default=0, help="seed of data sampling, splits and models (default 0)")
     discover.add_argument(
         "--methods",
-        default="power_law,power_law_group,separable_product,factored_sum,additive,multiplicative,mult_node",
+        default=DEFAULT_METHODS,
         help="comma-separated methods to try, in order, from power_law, power_law_group, separable_product, factored_sum, additive, multiplicative, mult_node (default: all)",
+    )
+    discover.add_argument(
+        "--stop-rmse",
+        type=float,
+        default=1e-6,
+        help="stop trying methods once a formula's test RMSE is at most this times the largest |target| and a network has been trained; 0 tries every method (default 1e-6, above the rounding of values written with 7 significant digits)",
     )
     discover.add_argument(
         "--out",
@@ -382,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     bench.add_argument(
         "--methods",
-        default="power_law,power_law_group,separable_product,factored_sum,additive,multiplicative,mult_node",
+        default=DEFAULT_METHODS,
         help="comma-separated discover methods, tried in order until one is exact to 1e-9 (default: all)",
     )
     bench.add_argument("--out", help="JSON file for the per-equation results")

@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("power_law", "power_law_group", "separable_product", "factored_sum", "additive", "multiplicative", "mult_node")
 
+NETWORKLESS_METHODS = ("power_law", "power_law_group", "separable_product", "factored_sum")
+
 STRUCTURE_SEARCHES = {"power_law_group": power_law_group, "separable_product": separable_product, "factored_sum": factored_sum}
 
 DISCOVERY_LIBRARY = ("x", "x^2", "x^3", "1/x", "1/x^2", "sqrt", "1/sqrt(x)", "exp", "log", "sin", "cos", "tanh", "arcsin", "gaussian", "0")
@@ -344,6 +346,7 @@ def discover(
     methods: Sequence[str] = METHODS,
     tolerance: float = 2.0,
     stop_rmse: float | None = None,
+    stop_needs_network: bool = False,
     progress: bool = True,
 ) -> DiscoveryResult:
     """Search for a closed-form formula ``y = f(x)`` that fits ``dataset``.
@@ -372,6 +375,9 @@ def discover(
     stop_rmse : float, optional
         Skip the remaining methods once a candidate's test RMSE is at most
         ``stop_rmse`` times the largest label magnitude.
+    stop_needs_network : bool
+        With ``stop_rmse``, keep going until some method has also trained a
+        network, so that the result has one to plot and save.
     progress : bool
         Show progress bars.
 
@@ -402,8 +408,13 @@ def discover(
         skipped["multiplicative"] = "needs a target of one sign"
     stages = [m for m in methods if m not in skipped]
     bar = tqdm(stages, desc="discover", disable=not progress)
+    scale = float(y_train.abs().max())
     for method in bar:
         bar.set_postfix_str(method)
+        if stop_rmse is not None and method in NETWORKLESS_METHODS and any(c.test_rmse <= stop_rmse * scale for c in candidates):
+            # Only the network is still missing, and this method trains none.
+            skipped[method] = "not run: an earlier formula already fits to stop_rmse"
+            continue
         try:
             candidate = _run_method(method, data, symbols, seed=seed, steps=steps, widths_tried=widths_tried)
         except (ArithmeticError, ValueError, RuntimeError) as error:
@@ -420,7 +431,8 @@ def discover(
                 model_rmse = rmse if model_rmse is None else min(model_rmse, rmse)
             candidate.model = candidate.model[0]
         candidates.append(candidate)
-        if stop_rmse is not None and candidate.test_rmse <= stop_rmse * float(y_train.abs().max()):
+        accurate = [c for c in candidates if stop_rmse is not None and c.test_rmse <= stop_rmse * scale]
+        if accurate and (not stop_needs_network or any(c.model is not None for c in candidates)):
             break
     bar.close()
 

@@ -113,3 +113,30 @@ def test_discover_accepts_single_method_string():
     equation = get_equation("I.12.1")
     result = discover(equation.sample(n_train=50, n_test=20, seed=0), list(equation.variable_names), methods="power_law", progress=False)
     assert str(result.formula) == "Nn*mu"
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--steps", "0"], "invalid --steps 0: expected an integer >= 1"),
+        (["--samples", "1"], "invalid --samples 1: expected an integer >= 2"),
+        (["--stop-rmse", "-1"], "invalid --stop-rmse -1.0: expected a number >= 0"),
+        (["--target", "y"], "--target needs a data file"),
+        (["--inputs", "a,b"], "--inputs needs a data file"),
+        (["--methods", "power_law,,additive"], "invalid --methods"),
+    ],
+)
+def test_discover_rejects_bad_options(arguments, message, tmp_path, capsys):
+    status = main(["discover", "--out", str(tmp_path), "--quiet", *arguments])
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_discover_stops_after_exact_formula_and_network(tmp_path, capsys):
+    status = main(["discover", "--feynman", "I.12.1", "--methods", "power_law,separable_product,additive", "--steps", "5", "--out", str(tmp_path), "--quiet", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert report["method"] == "power_law"
+    assert report["network_method"] == "additive"
+    assert report["skipped"] == {"separable_product": "not run: an earlier formula already fits to stop_rmse"}
