@@ -412,16 +412,36 @@ class MultKAN(nn.Module):
 
         return suggest_symbolic(self, edge, lib, **options)
 
-    def fix_symbolic(self, edge: EdgeId | Sequence[int], name: str, fit_params: bool = True, **options: Any):
-        """Make one edge symbolic; see :func:`multkan.symbolic.fix_symbolic`. Returns the fit's r2 or None."""
+    def fix_symbolic(self, edge: EdgeId | Sequence[int] | int, name: str | int, *arguments: Any, fit_params: bool = True, **options: Any):
+        """Make one edge symbolic; see :func:`multkan.symbolic.fix_symbolic`. Returns the fit's r2 or None.
+
+        pykan's form ``fix_symbolic(l, i, j, fun_name, fit_params_bool)`` is
+        accepted too, with ``fit_params_bool`` also as a keyword.
+        """
         from .symbolic.edges import fix_symbolic
 
+        if isinstance(edge, int) and isinstance(name, int):
+            if len(arguments) < 2 or not isinstance(arguments[1], str):
+                raise invalid_parameter(
+                    "fix_symbolic arguments", "(edge, name) such as ((0, 1, 0), 'sin'), or pykan's (l, i, j, fun_name)", (edge, name, *arguments)
+                )
+            edge, name, arguments = (edge, name, arguments[0]), arguments[1], arguments[2:]
+        if len(arguments) > 1:
+            raise invalid_parameter("fix_symbolic arguments", "(edge, name, fit_params) at most", (edge, name, *arguments))
+        if arguments:
+            fit_params = bool(arguments[0])
+        if "fit_params_bool" in options:
+            fit_params = bool(options.pop("fit_params_bool"))
         return fix_symbolic(self, edge, name, fit_params=fit_params, **options)
 
-    def unfix_symbolic(self, edge: EdgeId | Sequence[int]) -> None:
-        """Turn a symbolic edge back into its spline."""
+    def unfix_symbolic(self, edge: EdgeId | Sequence[int] | int, *indices: int) -> None:
+        """Turn a symbolic edge back into its spline; pykan's ``unfix_symbolic(l, i, j)`` is accepted too."""
         from .symbolic.edges import unfix_symbolic
 
+        if indices:
+            if not isinstance(edge, int) or len(indices) != 2:
+                raise invalid_parameter("unfix_symbolic arguments", "an edge (l, i, j), or pykan's l, i, j", (edge, *indices))
+            edge = (edge, *indices)
         unfix_symbolic(self, edge)
 
     def auto_symbolic(self, lib=None, **options: Any):

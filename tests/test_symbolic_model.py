@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multkan import MultKAN, SymbolicError, create_dataset
+from multkan import InvalidParameterError, MultKAN, SymbolicError, create_dataset
 from multkan.symbolic.formula import formula_error, snap_value
 
 
@@ -54,6 +54,26 @@ def test_fix_then_unfix_restores_spline():
     with torch.no_grad():
         assert torch.equal(model(x), before)
     assert model.to_graph().edges["L0:input1", "L1:sum2"]["function"] == {"type": "spline"}
+
+
+def test_fix_symbolic_pykan_positional_form():
+    model = MultKAN([2, 4, 2], seed=0)
+    assert model.fix_symbolic(0, 1, 2, "sin", False) is None
+    assert model.layers[0].symbolic_names[(1, 2)] == "sin"
+    model.fix_symbolic(0, 0, 3, "x", fit_params_bool=False)
+    assert model.layers[0].symbolic_names[(0, 3)] == "x"
+    model.unfix_symbolic(0, 1, 2)
+    assert (1, 2) not in model.layers[0].symbolic_names
+
+
+def test_fix_symbolic_pykan_form_bad_arguments():
+    model = MultKAN([2, 4, 2], seed=0)
+    with pytest.raises(InvalidParameterError, match="pykan's"):
+        model.fix_symbolic(0, 1, 2)
+    with pytest.raises(InvalidParameterError, match="at most"):
+        model.fix_symbolic((0, 1, 2), "sin", False, "extra")
+    with pytest.raises(InvalidParameterError, match="unfix_symbolic"):
+        model.unfix_symbolic(0, 1)
 
 
 def test_clean_sine_edge_becomes_sine():
