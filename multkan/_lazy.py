@@ -17,8 +17,8 @@ def lazy_attributes(package: str, namespace: dict[str, Any], sources: dict[str, 
 
     NOTE: a public name must differ from every submodule name. Importing a
     submodule binds its name in the package, which would then hide a lazy
-    attribute of the same name; ``multkan.analysis`` exports a function
-    ``attribution`` from its submodule ``attribution`` and so stays eager.
+    attribute of the same name. ``multkan.analysis`` exports a function
+    ``attribution`` from its submodule ``attribution``, so it stays eager.
     """
 
     def __getattr__(name: str) -> Any:

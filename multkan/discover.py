@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .datasets import DATASET_KEYS, check_finite
 from .errors import InvalidDataError, MultKANWarning, invalid_parameter
-from .structure import factored_sum, power_law_group, separable_product
+from .structure import _complexity, factored_sum, power_law_group, separable_product
 from .symbolic.formula import _snap_constant, formula_error, simplify_constants, snap_formula_constants, snap_value
 
 __all__ = ["Candidate", "DiscoveryResult", "discover", "equivalent"]
@@ -145,10 +145,6 @@ class DiscoveryResult:
                 for c in self.candidates
             ],
         }
-
-
-def _complexity(expression: sympy.Expr) -> int:
-    return int(sympy.count_ops(expression)) + len(expression.free_symbols)
 
 
 def equivalent(found: sympy.Expr, truth: sympy.Expr, *, positive: bool = True) -> tuple[bool, bool]:

@@ -307,7 +307,9 @@ def uniform_piece_coefficients(k: int) -> list[list[float]]:
 
     def add(a: list[Fraction], b: list[Fraction]) -> list[Fraction]:
         size = max(len(a), len(b))
-        return [(a[j] if j < len(a) else 0) + (b[j] if j < len(b) else 0) for j in range(size)]
+        padded_a = a + [Fraction(0)] * (size - len(a))
+        padded_b = b + [Fraction(0)] * (size - len(b))
+        return [left + right for left, right in zip(padded_a, padded_b)]
 
     def times_linear(poly: list[Fraction], constant: Fraction, slope: Fraction) -> list[Fraction]:
         # poly * (constant + slope * u)

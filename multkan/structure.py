@@ -211,6 +211,13 @@ def _refit_constants(expression: sympy.Expr, symbol: sympy.Symbol, z: np.ndarray
     return template.xreplace({theta: sympy.Float(float(v)) for theta, v in zip(thetas, solution)}), rmse
 
 
+def _power_cost(power: float) -> int:
+    """Complexity of the factor ``u^p``: 0 for ``p = 0``, 1 for ``p = +-1``, 2 otherwise."""
+    if power == 0:
+        return 0
+    return 1 if abs(power) == 1 else 2
+
+
 def _build_rows(u, y, inner_functions, powers) -> tuple[list[tuple], np.ndarray, np.ndarray]:
     """Tabulate ``G(u)`` (scaled to a median magnitude of 1) and ``y / u^p`` for every inner G and power p."""
     rows, xs, ys = [], [], []
@@ -250,7 +257,7 @@ def _score_rows(u, y, inner_functions, powers, library, u_symbol) -> list[tuple]
         errors = (predictions - torch.tensor(y)).pow(2).mean(dim=-1).sqrt().numpy() / max(float(np.sqrt(np.mean(y**2))), 1e-300)
     scored = []
     for row, (inner_function, power, inner_scale) in enumerate(rows):
-        power_cost = 0 if power == 0 else 1 + (abs(power) != 1)
+        power_cost = _power_cost(power)
         for column, function in enumerate(fit.functions):
             if bool(fit.valid[row, column]) and math.isfinite(errors[row, column]):
                 a, b, c, d = (float(v) for v in fit.params[row, column])
@@ -297,7 +304,7 @@ def _score_power_rows(u, y, inner_functions, powers, u_symbol) -> list[tuple]:
                 error = float(np.sqrt(np.mean((prediction - y) ** 2))) / scale
             if math.isfinite(error) and (float(n).is_integer() or bool((base > 0).all())):
                 function = library[name]
-                complexity = inner_function.complexity + (0 if power == 0 else 1 + (abs(power) != 1)) + function.complexity
+                complexity = inner_function.complexity + _power_cost(power) + function.complexity
                 scored.append((error, complexity, inner_function, power, function, (a / inner_scale, b, sign, 0.0, inner_scale), u_symbol))
     return scored
 
@@ -340,6 +347,7 @@ def _outer_expressions(function, a: float, b: float, c: float, d: float, typical
 
 
 def _complexity(expression: sympy.Expr) -> int:
+    """Count the operations (``sympy.count_ops``) plus the distinct symbols of ``expression``."""
     return int(sympy.count_ops(expression)) + len(expression.free_symbols)
 
 
@@ -516,9 +524,9 @@ def _normalise_scale(expression: sympy.Expr) -> sympy.Expr:
 
 
 def _alternating_product(features: list[np.ndarray], y: np.ndarray, sweeps: int, tolerance: float = 1e-4) -> tuple[float, list] | None:
-    """Fit ``y = A * prod_k g_k(features[k])``; return ``(A, [g_k values or None])`` or None.
+    """Fit ``y = A * prod_k g_k(features[k])`` and return ``(A, [g_k values or None])``.
 
-    Factors are normalised to an RMS of 1; a constant feature gets None.
+    Factors are normalised to an RMS of 1, and a constant feature gets None.
     Returns None unless the relative RMSE is below ``tolerance``.
     """
     scale = float(np.sqrt(np.mean(y**2)))

@@ -615,8 +615,8 @@ class MultKANLayer(nn.Module):
         """Return the constants for the fused layer on ``x``, or None where the unfused operations are used.
 
         Equally spaced knots are evaluated piece by piece for large inputs
-        and for grids with at least ``LOCAL_BASIS_MIN`` basis functions;
-        other grids of that size keep the unfused local basis.
+        and for grids with at least ``LOCAL_BASIS_MIN`` basis functions.
+        Other grids with that many basis functions keep the unfused local basis.
         """
         constants = self._spline_constants()
         large_grid = _use_local(self.grid, self.k)
