@@ -14,6 +14,8 @@ from tqdm.auto import tqdm
 from .datasets import DATASET_KEYS, check_finite
 from .errors import InvalidDataError, NonFiniteLossWarning, invalid_parameter
 from .model import check_input
+from .lbfgs import FlatLBFGS
+from .nn._direct import DirectObjective
 
 if TYPE_CHECKING:
     from .model import MultKAN
@@ -291,6 +293,9 @@ def _train(
     n_train = data["train_input"].shape[0]
     if opt == "Adam":
         optimizer = torch.optim.Adam(parameters.optimized, lr=lr)
+    elif parameters.flat is not None and parameters.flat.device.type == "cpu":
+        # The same iterates as torch's L-BFGS with less overhead per evaluation.
+        optimizer = FlatLBFGS(parameters.flat, lr=lr, max_iter=max_iter, history_size=10, tolerance_grad=1e-32, tolerance_change=1e-32)
     else:
         optimizer = torch.optim.LBFGS(
             parameters.optimized, lr=lr, max_iter=max_iter, history_size=10, line_search_fn="strong_wolfe",
@@ -306,6 +311,9 @@ def _train(
         return loss(prediction, labels), reg
 
     history = _History(model, data, loss, loss_kind, lamb, objective)
+    # The mean squared error and its gradient without autograd, where the
+    # layers allow it (see multkan.nn._direct).
+    direct = DirectObjective(model) if DirectObjective.supports(model, loss_kind, lamb) else None
     # A full-batch step evaluates the objective on all training rows at the
     # parameters of the previous step before it changes them. So the
     # training loss and regulariser of a logged step are taken from the
@@ -324,7 +332,9 @@ def _train(
                 # objective is no longer that of the pending step.
                 history.complete_pending()
                 model.update_grid(grid_rows, grid_eps=grid_eps)
-                if opt == "LBFGS":
+                if isinstance(optimizer, FlatLBFGS):
+                    optimizer.reset()
+                elif opt == "LBFGS":
                     optimizer.state.clear()
 
             if batch_size == n_train:
@@ -337,9 +347,13 @@ def _train(
 
             def closure() -> torch.Tensor:
                 parameters.zero_grad()
-                objective_loss, reg = objective(inputs, labels)
-                total = objective_loss + lamb * reg if lamb > 0 else objective_loss
-                total.backward()
+                objective_loss = direct(inputs, labels) if direct is not None else None
+                if objective_loss is None:
+                    objective_loss, reg = objective(inputs, labels)
+                    total = objective_loss + lamb * reg if lamb > 0 else objective_loss
+                    total.backward()
+                else:
+                    total, reg = objective_loss, no_reg
                 if not first_evaluation:
                     first_evaluation.extend((objective_loss.detach(), reg.detach()))
                 return total

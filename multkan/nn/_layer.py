@@ -67,11 +67,23 @@ def _fused_weights(coef: torch.Tensor, scale_sp: torch.Tensor, scale_base: torch
 def _fused_sums(x, coef, scale_sp, scale_base, spline_mask, constants, k, base_fun, with_derivative):
     """Return the target sums of the spline and base terms, the features, their derivative and the weights.
 
+    The features come from :func:`_fused_features` and the weights from
+    :func:`_fused_weights`; one matrix product gives the sums.
+    """
+    features, derivative = _fused_features(x, coef.shape[-1], constants, k, base_fun, with_derivative)
+    sums, weights, spline_weight = _fused_product(features, coef, scale_sp, scale_base, spline_mask)
+    return sums, features, derivative, weights, spline_weight
+
+
+def _fused_features(x, n_basis, constants, k, base_fun, with_derivative):
+    """Return the features of the fused product and, with ``with_derivative``, their derivative (None otherwise).
+
     The features of input ``i`` are ``B_0(x_i), ..., B_{n_basis-1}(x_i), b(x_i)``,
     stored input-major as (n_in, n_basis + 1, batch), so one matrix product
-    with :func:`_fused_weights` gives the sums. With ``with_derivative`` the
-    derivative of every feature with respect to ``x_i`` is returned in the
-    same layout (None otherwise).
+    with :func:`_fused_weights` gives the sums. The derivative of every
+    feature with respect to ``x_i`` comes in the same layout, or for
+    equally spaced knots as ``(index, slopes, base_slope)``, see
+    :func:`_uniform_local_rows`.
 
     The batch is the last, contiguous dimension, so every slice of the
     recursion reads whole rows and each knot broadcasts as one value per
@@ -80,7 +92,6 @@ def _fused_sums(x, coef, scale_sp, scale_base, spline_mask, constants, k, base_f
     n_basis) layout. Equally spaced knots take :func:`_uniform_local_rows`.
     """
     batch, n_in = x.shape
-    n_basis = coef.shape[-1]
     features = x.new_empty(n_in, n_basis + 1, batch)
     inputs = x.T.contiguous()
     if constants.uniform is not None:
@@ -100,13 +111,18 @@ def _fused_sums(x, coef, scale_sp, scale_base, spline_mask, constants, k, base_f
             scaled = lower * constants.derivative_scale
             torch.sub(scaled[:, :-1], scaled[:, 1:], out=derivative[:, :n_basis])
     _BASE_INTO[base_fun](inputs, features[:, n_basis], base_slope)
+    return features, derivative
+
+
+def _fused_product(features, coef, scale_sp, scale_base, spline_mask):
+    """Return the sums (batch, n_sub) of the fused features, the weights and ``scale_sp * spline_mask``."""
     weights, spline_weight = _fused_weights(coef, scale_sp, scale_base, spline_mask)
     # (n_sub, batch) then transposed. With the batch last in both factors the
     # product took 143 us against 684 us for features.T @ weights ([10, 10]
     # G10, 3000 rows, one thread of a 2-core AMD EPYC), and the next layer's
     # x.T is then contiguous.
-    sums = (weights.T @ features.view(-1, batch)).T
-    return sums, features, derivative, weights, spline_weight
+    sums = (weights.T @ features.view(-1, features.shape[-1])).T
+    return sums, weights, spline_weight
 
 
 def _uniform_local_rows(inputs, k, uniform, values, with_derivative):
@@ -187,29 +203,42 @@ class _FusedSplineLayer(torch.autograd.Function):
             grads = _differentiable_grads(x, coef, scale_sp, scale_base, spline_mask, constants.grid_columns, ctx.k, ctx.base_fun, needs, grad_sums)
             return (*grads, *nothing)
 
-        grad_x = grad_coef = grad_scale_sp = grad_scale_base = None
-        # (n_sub, batch), contiguous when the gradient comes from a fused layer or the loss.
-        grad_rows = grad_sums.T
-        if needs[0]:
-            grad_features = (weights @ grad_rows).view(features.shape)
-            if ctx.local:
-                # derivative is the row index of the k + 1 slopes of each point.
-                grad_x = torch.addcmul((grad_features.gather(1, derivative) * slopes).sum(1), grad_features[:, -1], base_slope).T
-            else:
-                grad_x = (grad_features * derivative).sum(1).T
-        if needs[1] or needs[2] or needs[3]:
-            n_in, n_sub, n_basis = coef.shape
-            # Shape (n_sub, n_in, n_basis + 1): the transpose of the weight gradient.
-            grad_weights = (grad_rows @ features.view(-1, x.shape[0]).T).view(n_sub, n_in, n_basis + 1)
-            # Gradient with respect to coef * spline_weight, shape (n_in, n_sub, n_basis).
-            grad_spline = grad_weights[:, :, :n_basis].transpose(0, 1)
-            if needs[1]:
-                grad_coef = grad_spline * spline_weight.unsqueeze(-1)
-            if needs[2]:
-                grad_scale_sp = (grad_spline * coef).sum(-1) * spline_mask
-            if needs[3]:
-                grad_scale_base = grad_weights[:, :, n_basis].T * spline_mask
-        return (grad_x, grad_coef, grad_scale_sp, grad_scale_base, *nothing)
+        grads = _fused_backward(grad_sums, needs, coef, scale_sp, spline_mask, features, (derivative, slopes, base_slope) if ctx.local else derivative, weights, spline_weight)
+        return (*grads, *nothing)
+
+
+def _fused_backward(grad_sums, needs, coef, scale_sp, spline_mask, features, derivative, weights, spline_weight):
+    """Return the gradients of :func:`_fused_sums` with respect to ``x``, ``coef``, ``scale_sp`` and ``scale_base``.
+
+    ``needs`` holds four flags; a gradient that is not needed is None.
+    ``derivative`` is what :func:`_fused_features` returned: a tensor of
+    the feature layout, or ``(index, slopes, base_slope)`` for equally
+    spaced knots. Two matrix products and a few elementwise operations.
+    """
+    grad_x = grad_coef = grad_scale_sp = grad_scale_base = None
+    # (n_sub, batch), contiguous when the gradient comes from a fused layer or the loss.
+    grad_rows = grad_sums.T
+    if needs[0]:
+        grad_features = (weights @ grad_rows).view(features.shape)
+        if isinstance(derivative, tuple):
+            # The row index of the k + 1 slopes of each point.
+            index, slopes, base_slope = derivative
+            grad_x = torch.addcmul((grad_features.gather(1, index) * slopes).sum(1), grad_features[:, -1], base_slope).T
+        else:
+            grad_x = (grad_features * derivative).sum(1).T
+    if needs[1] or needs[2] or needs[3]:
+        n_in, n_sub, n_basis = coef.shape
+        # Shape (n_sub, n_in, n_basis + 1): the transpose of the weight gradient.
+        grad_weights = (grad_rows @ features.view(-1, features.shape[-1]).T).view(n_sub, n_in, n_basis + 1)
+        # Gradient with respect to coef * spline_weight, shape (n_in, n_sub, n_basis).
+        grad_spline = grad_weights[:, :, :n_basis].transpose(0, 1)
+        if needs[1]:
+            grad_coef = grad_spline * spline_weight.unsqueeze(-1)
+        if needs[2]:
+            grad_scale_sp = (grad_spline * coef).sum(-1) * spline_mask
+        if needs[3]:
+            grad_scale_base = grad_weights[:, :, n_basis].T * spline_mask
+    return grad_x, grad_coef, grad_scale_sp, grad_scale_base
 
 
 def _differentiable_grads(x, coef, scale_sp, scale_base, spline_mask, grid, k, base_fun, needs, grad_sums):
@@ -247,6 +276,37 @@ def _mult_nodes(sums, node_scale, node_bias, operand_index, n_sum, padded):
     return torch.addcmul(node_bias, nodes, node_scale), nodes, operands
 
 
+def _mult_backward(grad_output, needs, sums_shape, node_scale, operand_index, n_sum, padded, nodes, operands):
+    """Return the gradients of :func:`_mult_nodes` with respect to the sums, ``node_scale`` and ``node_bias``.
+
+    ``needs`` holds three flags; a gradient that is not needed is None.
+    ``nodes`` and ``operands`` are what :func:`_mult_nodes` returned.
+    """
+    grad_sums = grad_scale = grad_bias = None
+    if needs[0]:
+        grad_nodes = grad_output * node_scale
+        batch, n_sub = sums_shape
+        arity = operands.shape[-1]
+        if arity == 2:
+            others = operands.flip(-1)
+        else:
+            others = torch.empty_like(operands)
+            for position in range(arity):
+                rest = [operands[..., other] for other in range(arity) if other != position]
+                others[..., position] = torch.stack(rest, dim=-1).prod(dim=-1) if rest else 1.0
+        # An extra column receives the share of padding operands and is dropped.
+        grad_sums = grad_output.new_zeros(batch, n_sub + padded)
+        if n_sum:
+            grad_sums[:, :n_sum] = grad_nodes[:, :n_sum]
+        contributions = (others * grad_nodes[:, n_sum:, None]).reshape(batch, -1)
+        grad_sums = grad_sums.index_add_(1, operand_index.reshape(-1), contributions)[:, :n_sub]
+    if needs[1]:
+        grad_scale = (grad_output * nodes).sum(dim=0)
+    if needs[2]:
+        grad_bias = grad_output.sum(dim=0)
+    return grad_sums, grad_scale, grad_bias
+
+
 class _MultNodes(torch.autograd.Function):
     """The node operations of a layer with mult nodes as one autograd node.
 
@@ -277,29 +337,8 @@ class _MultNodes(torch.autograd.Function):
                 grads = iter(torch.autograd.grad(output, requested, grad_output, create_graph=True, allow_unused=True))
             return (*(next(grads) if need else None for need in needs), None, None, None)
 
-        grad_sums = grad_scale = grad_bias = None
-        if needs[0]:
-            grad_nodes = grad_output * node_scale
-            batch, n_sub = sums.shape
-            arity = operands.shape[-1]
-            if arity == 2:
-                others = operands.flip(-1)
-            else:
-                others = torch.empty_like(operands)
-                for position in range(arity):
-                    rest = [operands[..., other] for other in range(arity) if other != position]
-                    others[..., position] = torch.stack(rest, dim=-1).prod(dim=-1) if rest else 1.0
-            # An extra column receives the share of padding operands and is dropped.
-            grad_sums = grad_output.new_zeros(batch, n_sub + ctx.padded)
-            if n_sum:
-                grad_sums[:, :n_sum] = grad_nodes[:, :n_sum]
-            contributions = (others * grad_nodes[:, n_sum:, None]).reshape(batch, -1)
-            grad_sums = grad_sums.index_add_(1, operand_index.reshape(-1), contributions)[:, :n_sub]
-        if needs[1]:
-            grad_scale = (grad_output * nodes).sum(dim=0)
-        if needs[2]:
-            grad_bias = grad_output.sum(dim=0)
-        return grad_sums, grad_scale, grad_bias, None, None, None
+        grads = _mult_backward(grad_output, needs, sums.shape, node_scale, operand_index, n_sum, ctx.padded, nodes, operands)
+        return (*grads, None, None, None)
 
 
 class _SplineConstants(NamedTuple):
