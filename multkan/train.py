@@ -162,9 +162,19 @@ def _snapshot(model: MultKAN) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _evaluate(model: MultKAN, inputs: torch.Tensor, labels: torch.Tensor, loss: Callable) -> float:
-    """Mean loss over ``inputs`` in chunks, so memory does not grow with the rows."""
-    total, rows = 0.0, inputs.shape[0]
+def _evaluate(model: MultKAN, inputs: torch.Tensor, labels: torch.Tensor, loss: Callable, direct: DirectObjective | None = None) -> float:
+    """Mean loss over ``inputs`` in chunks, so memory does not grow with the rows.
+
+    With ``direct``, at most EVAL_CHUNK rows are evaluated by
+    :meth:`DirectObjective.predict`, which keeps their first-layer features
+    for the next evaluation.
+    """
+    rows = inputs.shape[0]
+    if direct is not None and rows <= EVAL_CHUNK:
+        prediction = direct.predict(inputs)
+        if prediction is not None:
+            return float(loss(prediction, labels))
+    total = 0.0
     for start in range(0, rows, EVAL_CHUNK):
         chunk = slice(start, start + EVAL_CHUNK)
         prediction = model(inputs[chunk])
@@ -310,10 +320,10 @@ def _train(
             prediction, reg = model(inputs), no_reg
         return loss(prediction, labels), reg
 
-    history = _History(model, data, loss, loss_kind, lamb, objective)
     # The mean squared error and its gradient without autograd, where the
     # layers allow it (see multkan.nn._direct).
     direct = DirectObjective(model) if DirectObjective.supports(model, loss_kind, lamb) else None
+    history = _History(model, data, loss, loss_kind, lamb, objective, direct)
     # A full-batch step evaluates the objective on all training rows at the
     # parameters of the previous step before it changes them. So the
     # training loss and regulariser of a logged step are taken from the
@@ -450,8 +460,9 @@ class _PendingRecord(NamedTuple):
 class _History:
     """The logged losses of a fit, the last finite parameters and the best logged step."""
 
-    def __init__(self, model, data, loss, loss_kind, lamb, objective) -> None:
+    def __init__(self, model, data, loss, loss_kind, lamb, objective, direct=None) -> None:
         self.model = model
+        self.direct = direct
         self.data = data
         self.loss = loss
         self.loss_kind = loss_kind
@@ -486,12 +497,12 @@ class _History:
         training rows, at most EVAL_CHUNK of them, before it changes the
         parameters.
         """
-        test = self._scale(_evaluate(self.model, self.data["test_input"], self.data["test_label"], self.loss))
+        test = self._scale(_evaluate(self.model, self.data["test_input"], self.data["test_label"], self.loss, self.direct))
         pending = _PendingRecord(step, test, self.last_finite, self.last_uniform)
         if defer:
             self.pending = pending
         else:
-            train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss)
+            train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss, self.direct)
             self._append(pending, self._scale(train), self._reg())
 
     def _reg(self) -> float:
@@ -511,7 +522,7 @@ class _History:
         if pending is None:
             return
         if objective_loss is None:
-            train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss)
+            train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss, self.direct)
             reg_value = self._reg()
         else:
             train = float(objective_loss)

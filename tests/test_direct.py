@@ -161,3 +161,40 @@ def test_fit_uses_direct_gradient_and_matches_autograd_fit():
     reference.fit(data, opt="Adam", steps=5, lr=0.01, lamb=1e-300, progress=False)
     for (name, a), b in zip(direct.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_predict_matches_forward():
+    model = MultKAN([3, [2, 1], 2], grid=5, k=3, dtype=torch.float64, seed=0)
+    _perturb(model)
+    objective = DirectObjective(model)
+    x, _ = _data(30, 3, 2)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(objective.predict(x), expected, rtol=1e-12, atol=1e-14)
+    # A second call takes the kept first-layer features.
+    torch.testing.assert_close(objective.predict(x), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_first_layer_cache_keeps_two_inputs():
+    model = MultKAN([2, 3, 1], grid=5, k=3, dtype=torch.float64, seed=0)
+    objective = DirectObjective(model)
+    inputs = [_data(20, 2, 1, seed=seed)[0] for seed in range(3)]
+    for x in inputs:
+        objective.predict(x)
+    assert len(objective._first) == 2
+    assert {entry[0] is inputs[0] for entry in objective._first.values()} == {False}
+    with torch.no_grad():
+        expected = model(inputs[0])
+    torch.testing.assert_close(objective.predict(inputs[0]), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_logged_losses_match_forward():
+    x, y = _data(100, 2, 1)
+    data = {"train_input": x, "train_label": y, "test_input": x[:40].clone(), "test_label": y[:40].clone()}
+    model = MultKAN([2, 3, 1], grid=5, k=3, dtype=torch.float64, seed=0)
+    history = model.fit(data, opt="LBFGS", steps=2, progress=False)
+    with torch.no_grad():
+        test = torch.sqrt(torch.mean((model(data["test_input"]) - data["test_label"]) ** 2))
+        train = torch.sqrt(torch.mean((model(x) - y) ** 2))
+    assert history["test_loss"][-1] == pytest.approx(float(test), rel=1e-12)
+    assert history["train_loss"][-1] == pytest.approx(float(train), rel=1e-12)

@@ -24,6 +24,10 @@ from ._layer import _BASE_INTO, _fused_backward, _fused_features, _fused_product
 
 __all__ = ["DirectObjective"]
 
+# First-layer features are kept for this many input tensors: the training
+# and the test rows of a fit.
+CACHED_INPUTS = 2
+
 
 class DirectObjective:
     """Mean squared error of ``model`` on given rows, with the gradient written to every trainable parameter.
@@ -37,7 +41,8 @@ class DirectObjective:
     def __init__(self, model: torch.nn.Module) -> None:
         self.layers = list(model.layers)
         self.padded = [len({len(o) for o in layer.operands}) > 1 for layer in self.layers]
-        self._first: tuple | None = None
+        # (inputs, version, grid constants, dense, features) by id(inputs).
+        self._first: dict[int, tuple] = {}
 
     @staticmethod
     def supports(model: torch.nn.Module, loss_kind: str, lamb: float) -> bool:
@@ -54,14 +59,46 @@ class DirectObjective:
         if inputs.is_inference() or layer.grid.is_inference():
             return _fused_features(inputs, layer.coef.shape[-1], constants, layer.k, layer.base_fun, False)[0]
         spline_constants, dense = layer._spline_constants(), constants.uniform is None
-        cached = self._first
+        cached = self._first.get(id(inputs))
         if not (
             cached is not None and cached[0] is inputs and cached[1] == inputs._version
             and cached[2] is spline_constants and cached[3] == dense
         ):
             features = _fused_features(inputs, layer.coef.shape[-1], constants, layer.k, layer.base_fun, False)[0]
-            self._first = cached = (inputs, inputs._version, spline_constants, dense, features)
+            if len(self._first) >= CACHED_INPUTS and id(inputs) not in self._first:
+                del self._first[next(iter(self._first))]
+            self._first[id(inputs)] = cached = (inputs, inputs._version, spline_constants, dense, features)
         return cached[4]
+
+    def _forward(self, inputs: torch.Tensor, keep: bool) -> tuple[torch.Tensor | None, list]:
+        """Return the network's outputs and, with ``keep``, what the backward pass needs per layer.
+
+        The outputs are None when a layer takes the unfused path for these inputs.
+        """
+        values = inputs
+        records = []
+        for position, layer in enumerate(self.layers):
+            constants = layer._fused_constants(values)
+            if constants is None:
+                return None, records
+            if position == 0:
+                features, derivative = self._first_features(layer, values, constants), None
+            else:
+                features, derivative = _fused_features(values, layer.coef.shape[-1], constants, layer.k, layer.base_fun, keep)
+            sums, weights, spline_weight = _fused_product(features, layer.coef, layer.scale_sp, layer.scale_base, layer.spline_mask)
+            if layer.operands:
+                values, nodes, operands = _mult_nodes(sums, layer.node_scale, layer.node_bias, layer.operand_index, layer.n_sum, self.padded[position])
+            else:
+                values, nodes, operands = torch.addcmul(layer.node_bias, sums, layer.node_scale), sums, None
+            if keep:
+                records.append((features, derivative, weights, spline_weight, sums.shape, nodes, operands))
+        return values, records
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """Return the model's outputs on ``inputs`` (batch, n_inputs), or None when a layer takes the unfused path."""
+        values, _ = self._forward(inputs, keep=False)
+        return values
 
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
@@ -70,23 +107,9 @@ class DirectObjective:
         Returns None, with no gradient written, when a layer takes the
         unfused path for these inputs.
         """
-        values = inputs
-        records = []
-        for position, layer in enumerate(self.layers):
-            constants = layer._fused_constants(values)
-            if constants is None:
-                return None
-            if position == 0:
-                features, derivative = self._first_features(layer, values, constants), None
-            else:
-                features, derivative = _fused_features(values, layer.coef.shape[-1], constants, layer.k, layer.base_fun, True)
-            sums, weights, spline_weight = _fused_product(features, layer.coef, layer.scale_sp, layer.scale_base, layer.spline_mask)
-            if layer.operands:
-                values, nodes, operands = _mult_nodes(sums, layer.node_scale, layer.node_bias, layer.operand_index, layer.n_sum, self.padded[position])
-            else:
-                values, nodes, operands = torch.addcmul(layer.node_bias, sums, layer.node_scale), sums, None
-            records.append((features, derivative, weights, spline_weight, sums.shape, nodes, operands))
-
+        values, records = self._forward(inputs, keep=True)
+        if values is None:
+            return None
         loss = torch.nn.functional.mse_loss(values, labels)
         grad = (values - labels).mul_(2.0 / labels.numel())
         for position in range(len(self.layers) - 1, -1, -1):
