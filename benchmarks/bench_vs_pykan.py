@@ -123,20 +123,25 @@ def count_forwards(model):
 
 @contextlib.contextmanager
 def count_direct_evaluations(calls):
-    """Add the calls of multkan's direct objective (loss and gradient without model.forward) to ``calls``."""
+    """Add the calls of multkan's direct objective (loss, gradient and logged predictions without model.forward) to ``calls``."""
     from multkan.nn._direct import DirectObjective
 
-    original = DirectObjective.__call__
+    originals = {name: getattr(DirectObjective, name) for name in ("__call__", "predict")}
 
-    def counted(self, *args, **kwargs):
-        calls[0] += 1
-        return original(self, *args, **kwargs)
+    def counting(original):
+        def counted(self, *args, **kwargs):
+            calls[0] += 1
+            return original(self, *args, **kwargs)
 
-    DirectObjective.__call__ = counted
+        return counted
+
+    for name, original in originals.items():
+        setattr(DirectObjective, name, counting(original))
     try:
         yield
     finally:
-        DirectObjective.__call__ = original
+        for name, original in originals.items():
+            setattr(DirectObjective, name, original)
 
 
 @contextlib.contextmanager
