@@ -48,7 +48,10 @@ def regularization(
     ``lamb_coef * mean|c|`` and ``lamb_coefdiff * mean|c_{m+1} - c_m|`` summed
     over layers, as in the KAN papers (L1 of edge activations plus
     entropy). The magnitudes are computed from the same pass that gives the
-    output, so nothing is stored on the model.
+    output, so nothing is stored on the model. Layers on the fused path get
+    them from the scatter matrices of their features
+    (:meth:`MultKANLayer.target_sums_and_edge_std`), the others from the
+    (batch, n_in, n_sub) tensor of edge values.
 
     Returns
     -------
@@ -58,8 +61,13 @@ def regularization(
     values = x
     reg = torch.zeros((), dtype=x.dtype, device=x.device)
     for layer in model.layers:
-        edges = layer.edge_values(values)
-        magnitude = edges.std(dim=0) / (values.std(dim=0) + 0.1)[:, None]
+        fused = layer.target_sums_and_edge_std(values)
+        if fused is None:
+            edges = layer.edge_values(values)
+            sums, edge_std = edges.sum(dim=1), edges.std(dim=0)
+        else:
+            sums, edge_std = fused
+        magnitude = edge_std / (values.std(dim=0) + 0.1)[:, None]
         total = magnitude.sum()
         p = magnitude / (total + 1e-12)
         entropy = -(p * torch.log(p + 1e-12)).sum()
@@ -68,7 +76,7 @@ def regularization(
             reg = reg + lamb_coef * layer.coef.abs().mean()
         if lamb_coefdiff:
             reg = reg + lamb_coefdiff * layer.coef.diff(dim=-1).abs().mean()
-        values = layer.combine(edges.sum(dim=1))
+        values = layer.combine(sums)
     return values, reg
 
 

@@ -214,19 +214,23 @@ class _FusedSplineLayer(torch.autograd.Function):
         return (*grads, *nothing)
 
 
-def _fused_backward(grad_sums, needs, coef, scale_sp, spline_mask, features, derivative, weights, spline_weight):
+def _fused_backward(grad_sums, needs, coef, scale_sp, spline_mask, features, derivative, weights, spline_weight, feature_grad=None):
     """Return the gradients of :func:`_fused_sums` with respect to ``x``, ``coef``, ``scale_sp`` and ``scale_base``.
 
     ``needs`` contains four flags, and a gradient that is not needed is None.
     ``derivative`` is what :func:`_fused_features` returned: a tensor of
     the feature layout, or ``(index, slopes, base_slope)`` for equally
-    spaced knots. Two matrix products and a few elementwise operations.
+    spaced knots. ``feature_grad``, in the feature layout, is a gradient
+    that reaches the features by another way than the sums. Two matrix
+    products and a few elementwise operations.
     """
     grad_x = grad_coef = grad_scale_sp = grad_scale_base = None
     # (n_sub, batch), contiguous when the gradient comes from a fused layer or the loss.
     grad_rows = grad_sums.T
     if needs[0]:
         grad_features = (weights @ grad_rows).view(features.shape)
+        if feature_grad is not None:
+            grad_features = grad_features + feature_grad
         if isinstance(derivative, tuple):
             # The row index of the k + 1 slopes of each point.
             index, slopes, base_slope = derivative
@@ -248,17 +252,76 @@ def _fused_backward(grad_sums, needs, coef, scale_sp, spline_mask, features, der
     return grad_x, grad_coef, grad_scale_sp, grad_scale_base
 
 
-def _differentiable_grads(x, coef, scale_sp, scale_base, spline_mask, grid, k, base_fun, needs, grad_sums):
+def _differentiable_grads(x, coef, scale_sp, scale_base, spline_mask, grid, k, base_fun, needs, grad_sums, grad_scatter=None):
     """Return the four input gradients of :class:`_FusedSplineLayer` as differentiable tensors (None where not needed).
 
     ``grid`` is in the column layout of the fused layer, (n_in, n_knots, 1).
+    With ``grad_scatter``, the gradients of :class:`_FusedSplineLayerWithScatter`.
     """
     inputs = (x, coef, scale_sp, scale_base)
     requested = [tensor for tensor, need in zip(inputs, needs) if need]
     with torch.enable_grad():
         sums = _unfused_sums(x, coef, scale_sp, scale_base, spline_mask, grid.squeeze(-1), k, base_fun)
-        grads = iter(torch.autograd.grad(sums, requested, grad_sums, create_graph=True, allow_unused=True))
+        outputs, grad_outputs = [sums], [grad_sums]
+        if grad_scatter is not None:
+            basis = bspline_basis(x, grid.squeeze(-1), k)
+            features = torch.cat([basis, BASE_FUNCTIONS[base_fun](x).unsqueeze(-1)], dim=-1).permute(1, 2, 0)
+            outputs.append(_scatter_matrices(features))
+            grad_outputs.append(grad_scatter)
+        grads = iter(torch.autograd.grad(outputs, requested, grad_outputs, create_graph=True, allow_unused=True))
     return tuple(next(grads) if need else None for need in needs)
+
+
+def _scatter_matrices(features: torch.Tensor) -> torch.Tensor:
+    """Return ``S_i = sum_b (F_ib - mean_b F_ib)(F_ib - mean_b F_ib)^T`` for features (n_in, M, batch), shape (n_in, M, M)."""
+    centred = features - features.mean(dim=-1, keepdim=True)
+    return torch.bmm(centred, centred.transpose(1, 2))
+
+
+class _FusedSplineLayerWithScatter(torch.autograd.Function):
+    """:class:`_FusedSplineLayer` that also returns the scatter matrix of every input's features.
+
+    Edge ``(i, j)`` computes ``phi_ij = w_ij . F_i`` from the features
+    ``F_i`` of its input, so the sum over the batch of its squared
+    deviations from the mean is ``w_ij^T S_i w_ij``, with ``S_i`` from
+    :func:`_scatter_matrices`. The regulariser gets the spread of every edge
+    from these (M, M) matrices, without the (batch, n_in, n_sub) tensor of
+    edge values. ``S_i`` depends on ``x`` only, and its gradient reaches
+    ``x`` through the features: ``dL/dF_ib = (G_i + G_i^T)(F_ib - mean_b
+    F_ib)`` for ``G = dL/dS``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, coef, scale_sp, scale_base, spline_mask, constants, k, base_fun):
+        sums, features, derivative, weights, spline_weight = _fused_sums(
+            x, coef, scale_sp, scale_base, spline_mask, constants, k, base_fun, ctx.needs_input_grad[0]
+        )
+        ctx.k = k
+        ctx.base_fun = base_fun
+        ctx.constants = constants
+        ctx.local = isinstance(derivative, tuple)
+        slopes = derivative if ctx.local else (derivative, None, None)
+        ctx.save_for_backward(x, coef, scale_sp, scale_base, spline_mask, features, *slopes, weights, spline_weight)
+        return sums, _scatter_matrices(features)
+
+    @staticmethod
+    def backward(ctx, grad_sums, grad_scatter):
+        x, coef, scale_sp, scale_base, spline_mask, features, derivative, slopes, base_slope, weights, spline_weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:4]
+        nothing = (None,) * 4
+        if torch.is_grad_enabled():
+            grads = _differentiable_grads(
+                x, coef, scale_sp, scale_base, spline_mask, ctx.constants.grid_columns, ctx.k, ctx.base_fun, needs, grad_sums, grad_scatter
+            )
+            return (*grads, *nothing)
+
+        feature_grad = None
+        if needs[0]:
+            centred = features - features.mean(dim=-1, keepdim=True)
+            feature_grad = torch.bmm(grad_scatter + grad_scatter.transpose(1, 2), centred)
+        derivative = (derivative, slopes, base_slope) if ctx.local else derivative
+        grads = _fused_backward(grad_sums, needs, coef, scale_sp, spline_mask, features, derivative, weights, spline_weight, feature_grad)
+        return (*grads, *nothing)
 
 
 def _unfused_sums(x, coef, scale_sp, scale_base, spline_mask, grid, k, base_fun):
@@ -651,6 +714,31 @@ class MultKANLayer(nn.Module):
         for _, target, values in self.symbolic_edge_values(x):
             sums = sums.index_add(1, target, values)
         return sums
+
+    def target_sums_and_edge_std(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Return the target sums (batch, n_sub) and every edge's standard deviation over the batch (n_in, n_sub).
+
+        The standard deviation is the sample one (divisor ``batch - 1``),
+        computed from the scatter matrices of the features (see
+        :class:`_FusedSplineLayerWithScatter`) instead of the edge values.
+        Returns None where the fused layer does not apply, where an edge is
+        symbolic, and for fewer than two rows.
+        """
+        if x.shape[0] < 2 or self.base_fun not in _BASE_INTO or self.grid.requires_grad or bool(self.symbolic_mask.any()):
+            return None
+        constants = self._fused_constants(x)
+        if constants is None:
+            return None
+        sums, scatter = _FusedSplineLayerWithScatter.apply(x, self.coef, self.scale_sp, self.scale_base, self.spline_mask, constants, self.k, self.base_fun)
+        mask = self.spline_mask.unsqueeze(-1)
+        # (n_in, n_sub, n_basis + 1): the weight of every feature on every edge.
+        weights = torch.cat([self.coef * self.scale_sp.unsqueeze(-1), self.scale_base.unsqueeze(-1)], dim=-1) * mask
+        squares = (torch.bmm(weights, scatter) * weights).sum(dim=-1)
+        # The square root has an infinite slope at 0 (masked edges), where
+        # the gradient is taken as 0, as torch.std's is.
+        positive = squares > 0
+        std = torch.where(positive, (squares.clamp_min(torch.finfo(squares.dtype).tiny) / (x.shape[0] - 1)).sqrt(), 0.0)
+        return sums, std
 
     def _fused_constants(self, x: torch.Tensor) -> _SplineConstants | None:
         """Return the constants for the fused layer on ``x``, or None where the unfused operations are used.
