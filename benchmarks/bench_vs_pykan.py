@@ -646,6 +646,10 @@ def main():
     parser.add_argument("--output", type=Path, default=HERE / "results", help="folder for the JSON results")
     parser.add_argument("--memory-child", choices=["multkan", "pykan"], help=argparse.SUPPRESS)
     parser.add_argument("--c20-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--malloc-thresholds", action="store_true",
+        help="call multkan.set_malloc_thresholds() first; applies to both libraries in this process, not to the children of cases e and c20",
+    )
     arguments = parser.parse_args()
 
     if arguments.memory_child:
@@ -655,9 +659,13 @@ def main():
         c20_child(arguments.c20_child, arguments.threads[0])
         return
 
+    malloc_thresholds = arguments.malloc_thresholds and multkan.set_malloc_thresholds()
+    if arguments.malloc_thresholds and not malloc_thresholds:
+        print("multkan.set_malloc_thresholds() changed nothing: the C library is not glibc", file=sys.stderr)
     results = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
+        "malloc_thresholds": malloc_thresholds,
         "repeats": arguments.repeats,
         "load_average_start": os.getloadavg(),
         "threads": {},
@@ -684,6 +692,8 @@ def main():
     path = arguments.output / f"bench_{results['date'].replace(':', '-')}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"# multkan {results['machine']['multkan']} against pykan {results['machine']['pykan']}")
+    if malloc_thresholds:
+        print("\nglibc's mmap and trim thresholds raised by multkan.set_malloc_thresholds() for both libraries")
     print(f"\nload average (1, 5, 15 min) at the start {results['load_average_start']}, at the end {results['load_average_end']}")
     print(f"\n{results['machine']}, {results['date']}, median of {arguments.repeats} runs; raw results in {path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path}")
     print(markdown(results))

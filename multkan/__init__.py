@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .kanpiler import kanpile
     from .model import MultKAN
     from .sklearn import KANRegressor
+    from .allocator import set_malloc_thresholds
     from .train import fit
 
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "dataset_from_arrays",
     "fit",
     "kanpile",
+    "set_malloc_thresholds",
 ]
 
 __getattr__, __dir__ = lazy_attributes(
@@ -66,5 +68,6 @@ __getattr__, __dir__ = lazy_attributes(
         "dataset_from_arrays": ".datasets",
         "fit": ".train",
         "kanpile": ".kanpiler",
+        "set_malloc_thresholds": ".allocator",
     },
 )

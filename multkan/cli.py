@@ -427,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return the exit status."""
     arguments = build_parser().parse_args(argv)
+    # The CLI owns its process, so it keeps freed memory for reuse (see multkan.allocator).
+    from .allocator import set_malloc_thresholds
+
+    set_malloc_thresholds()
     return arguments.handler(arguments)
 
 
