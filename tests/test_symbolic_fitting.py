@@ -420,3 +420,35 @@ def test_no_warning_on_normal_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fit_affine(x, torch.sin(x), ["sin", "0"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_parabola_beats_cancelling_sine(dtype):
+    # A sine far out on its slope, -c * sin(small * x + 3 pi / 2) + c, matches a parabola
+    # to rounding. sin is listed first, so a tie would pick it.
+    x = torch.linspace(-1, 1, 1000, dtype=dtype)[None]
+    y = 0.3 * x**2 + 0.1
+    fit = fit_affine(x, y, ["sin", "cos", "x^2", "cosh", "gaussian"])
+    assert fit.names[int(rank_candidates(fit).best[0])] == "x^2"
+    # max|c * f| is the largest value of 0.3 x^2.
+    assert float(fit.cancellation[0, 2]) == pytest.approx(0.3 / float(spread(y)[0]), rel=1e-4)
+    assert float(fit.cancellation[0, 0]) > 1e3
+    assert fit.cancels()[0].tolist() == [True, True, False, True, True]
+
+
+def test_cancellation_of_ordinary_fits():
+    x = torch.linspace(-2, 2, 400, dtype=torch.float64)[None]
+    fit = fit_affine(x, torch.sin(2 * x) + 0.05 * torch.cos(7 * x), ["sin", "x", "0"])
+    assert 0.5 < float(fit.cancellation[0, 0]) < 2.0
+    assert float(fit.cancellation[0, 2]) == 0.0
+    assert not bool(fit.cancels().any())
+
+
+def test_cancelling_fit_keeps_a_clearly_better_score():
+    # Only a candidate that cancels fits this edge well, and the ranking must not fall back to 0.
+    x = torch.linspace(-1, 1, 500, dtype=torch.float64)[None]
+    fit = fit_affine(x, 0.3 * x**2, ["sin", "x", "0"])
+    assert fit.cancels()[0].tolist() == [True, False, False]
+    assert float(fit.r2[0, 0]) > 0.999
+    ranking = rank_candidates(fit)
+    assert fit.names[int(ranking.best[0])] == "sin"

@@ -198,6 +198,8 @@ def _simplest_choices(fit, r2_threshold: float, r2_factor: float) -> list[int]:
     """Index of the least complex candidate within ``r2_factor`` of the best unexplained variance, per edge."""
     r2 = torch.where(fit.valid, fit.r2.to(torch.float64), -torch.inf)
     complexity = torch.tensor([f.complexity for f in fit.functions], dtype=torch.float64)
+    # Among equally complex candidates, one that cancels large terms comes last (see AffineFit.cancels).
+    cancels = fit.cancels()
     choices = []
     for row in range(r2.shape[0]):
         best_r2 = float(r2[row].max())
@@ -206,7 +208,10 @@ def _simplest_choices(fit, r2_threshold: float, r2_factor: float) -> list[int]:
             continue
         limit = r2_factor * (1.0 - best_r2) + 1e-12
         eligible = (1.0 - r2[row] <= limit) & (r2[row] >= r2_threshold)
-        order = sorted(eligible.nonzero().flatten().tolist(), key=lambda j: (float(complexity[j]), -float(r2[row, j])))
+        order = sorted(
+            eligible.nonzero().flatten().tolist(),
+            key=lambda j: (float(complexity[j]), bool(cancels[row, j]), -float(r2[row, j])),
+        )
         choices.append(order[0])
     return choices
 
@@ -230,7 +235,8 @@ def auto_symbolic(
     ``selection="simplest"`` it takes the least complex candidate whose
     unexplained variance ``1 - r2`` is at most ``r2_factor`` times that of
     the best fit, which prefers ``x`` over a slightly better ``arcsin`` on
-    a nearly straight edge. Neither rule sets a clean edge (best r2 > 0.99)
+    a nearly straight edge. Among equally complex candidates it prefers one
+    that does not cancel large terms (:meth:`AffineFit.cancels`). Neither rule sets a clean edge (best r2 > 0.99)
     to the constant ``0``.
 
     Layers are processed in order. Each layer's edges are fitted in one

@@ -44,6 +44,16 @@ _UNEXPLAINED_FLOOR = 1e-12
 # log10 of 1 / (1 - 0.99). See rank_candidates for why.
 _PENALTY_BOUND = 2.0
 
+# A fit whose term c * f(a * x + b) reaches more than this many times the spread of
+# y uses a sliver of f and a constant d that cancels most of it, such as
+# -103 * sin(0.08 * x - 5 pi / 2) - 103 for 0.025 * (3.7 * x)**2. Such fits can match
+# the r2 of the simple function, so rankings prefer a fit that does not cancel when
+# its score is within CANCELLATION_TIE decades. Ordinary fits give ratios near 1:
+# 1.5 for a parabola on [-1, 1] and below 2 for a sine (tests/test_symbolic_fitting.py).
+CANCELLATION_LIMIT = 20.0
+CANCELLATION_TIE = 0.3
+
+
 
 @dataclass(frozen=True)
 class AffineFit:
@@ -62,17 +72,33 @@ class AffineFit:
     valid : Tensor of bool, shape (n_edges, n_funcs)
         False when no ``(a, b)`` in the search ranges keeps ``a * x + b`` in the
         domain of ``f`` with finite, bounded coefficients.
+    cancellation : Tensor, shape (n_edges, n_funcs), or None
+        ``max|c * f(a * x + b)| / max|y - mean(y)|`` on the samples, 0 for
+        invalid candidates and constant ``y``. A large value means that ``d``
+        cancels a large constant part of ``c * f``, as in ``-146 * sin(0.07 * x
+        + 3 pi / 2) - 146`` for ``0.3 * x**2``. None when the fit was built
+        without it.
     """
 
     functions: tuple[SymbolicFunction, ...]
     params: torch.Tensor
     r2: torch.Tensor
     valid: torch.Tensor
+    cancellation: torch.Tensor | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         """Names of the candidates, in the order of the last axis of ``r2``."""
         return tuple(function.name for function in self.functions)
+
+    def cancels(self) -> torch.Tensor:
+        """Return which candidates cancel large terms, ``cancellation > CANCELLATION_LIMIT``, (n_edges, n_funcs).
+
+        All False when the fit has no ``cancellation``.
+        """
+        if self.cancellation is None:
+            return torch.zeros_like(self.valid)
+        return self.cancellation > CANCELLATION_LIMIT
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluate ``c * f(a * x + b) + d`` for every edge and candidate.
@@ -408,6 +434,7 @@ def fit_affine(
     ).to(out_dtype)
     params = torch.where(valid[..., None], params, placeholder)
     r2 = torch.where(valid, r2.clamp(0.0, 1.0), -math.inf).to(out_dtype)
+    cancellation = _cancellation(functions, params.to(torch.float64), valid & ~constant_y[:, None], x64, y_spread * y_unit)
 
     no_candidate = valid.logical_not().all(dim=1)
     if bool(no_candidate.any()):
@@ -418,7 +445,23 @@ def fit_affine(
             SymbolicFitWarning,
             stacklevel=2,
         )
-    return AffineFit(tuple(functions), params, r2, valid)
+    return AffineFit(tuple(functions), params, r2, valid, cancellation.to(out_dtype))
+
+
+def _cancellation(functions, params, valid, x, spread) -> torch.Tensor:
+    """Return ``max|c * f(a * x + b)| / spread`` per edge and candidate, 0 where not ``valid``.
+
+    ``params`` is (n_edges, n_funcs, 4), ``x`` (n_edges, n_samples) and
+    ``spread`` (n_edges,) the largest deviation of ``y`` from its mean.
+    One function at a time, so memory stays at one (n_edges, n_samples) tensor.
+    """
+    columns = []
+    for k, function in enumerate(functions):
+        a, b, c = (params[:, k, index, None] for index in range(3))
+        amplitude = (c * function.torch_fn(a * x + b)).abs().amax(dim=1)
+        columns.append(amplitude)
+    ratio = torch.stack(columns, dim=1) / torch.where(spread > 0, spread, 1.0)[:, None]
+    return torch.where(valid & torch.isfinite(ratio), ratio, 0.0)
 
 
 def rank_candidates(
@@ -446,6 +489,11 @@ def rank_candidates(
     constant, because on a constant ``y`` non-constant candidates get r2 = 0. So the
     constant candidates have r2 = 0 and a score of at least 0, while the good
     candidate scores below ``-2 + 2 * weight_simple``, which is negative.
+
+    A candidate that cancels large terms (:meth:`AffineFit.cancels`) does not rank
+    first when a non-constant candidate that does not cancel scores at most
+    ``CANCELLATION_TIE`` higher; that candidate moves to the front instead. The
+    guarantee above still holds, because the candidate moved is never constant.
 
     Parameters
     ----------
@@ -486,10 +534,31 @@ def rank_candidates(
     by_complexity = torch.sort(values, stable=True).indices
     order_in_score = torch.sort(score[:, by_complexity], dim=1, stable=True).indices
     order = by_complexity[order_in_score]
+    order = _prefer_not_cancelling(fit, score, order)
     first = order[:, 0]
     has_candidate = torch.isfinite(score.gather(1, first[:, None]).squeeze(1))
     best = torch.where(has_candidate, first, -1)
     return CandidateRanking(fit.names, score, order, best)
+
+
+def _prefer_not_cancelling(fit: AffineFit, score: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Move the best non-constant candidate that does not cancel to the front where the first one cancels and it scores within CANCELLATION_TIE."""
+    cancels = fit.cancels()
+    constant = torch.tensor([function.is_constant for function in fit.functions], device=score.device)
+    order = order.clone()
+    for row in range(order.shape[0]):
+        first = int(order[row, 0])
+        if not bool(cancels[row, first]) or not math.isfinite(float(score[row, first])):
+            continue
+        limit = float(score[row, first]) + CANCELLATION_TIE
+        for position in range(1, order.shape[1]):
+            candidate = int(order[row, position])
+            if float(score[row, candidate]) > limit:
+                break
+            if not bool(cancels[row, candidate]) and not bool(constant[candidate]):
+                order[row] = torch.cat([order[row, position : position + 1], order[row, :position], order[row, position + 1 :]])
+                break
+    return order
 
 
 def _check_samples(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
