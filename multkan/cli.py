@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -90,7 +91,29 @@ def _discover_data(arguments: argparse.Namespace):
 OUTPUT_FILES = ("report.json", "network.png", "model.safetensors")
 
 
-def _write_outputs(folder: Path, result, dataset, target_name: str | None = None) -> tuple[dict, list[str], list[str]]:
+def _run_folder(out: Path, run_name: str, source: str) -> Path:
+    """Return ``out / run_name``, or ``run_name-2``, ``-3``, ... when the report there came from another source.
+
+    A rerun on the same data file or equation reuses its folder. A different
+    file with the same name (``a/data.csv`` after ``b/data.csv``) gets the
+    next free number instead of replacing the other run's outputs. A folder
+    whose report.json cannot be read is treated as another source's.
+    """
+    for number in itertools.count(1):
+        folder = out / (run_name if number == 1 else f"{run_name}-{number}")
+        report = folder / "report.json"
+        if not report.exists():
+            return folder
+        try:
+            recorded = json.loads(report.read_text()).get("source")
+        except (OSError, ValueError, AttributeError):
+            continue
+        # Reports written before the source was recorded belong to the same run name.
+        if recorded is None or recorded == source:
+            return folder
+
+
+def _write_outputs(folder: Path, result, dataset, target_name: str | None = None, source: str | None = None) -> tuple[dict, list[str], list[str]]:
     """Write the report, the network figure and the model into ``folder``.
 
     Every file is written to a temporary file first and then renamed, so a
@@ -103,7 +126,8 @@ def _write_outputs(folder: Path, result, dataset, target_name: str | None = None
     -------
     report : dict
         The contents of report.json: ``result.to_dict()`` plus
-        ``network_method`` and ``files`` (``written`` and ``removed``).
+        ``network_method``, ``files`` (``written`` and ``removed``) and, when
+        given, ``source`` (the data file's absolute path or ``feynman:<id>``).
     written, removed : list of str
         Names of the files written and of the stale files removed.
     """
@@ -128,6 +152,8 @@ def _write_outputs(folder: Path, result, dataset, target_name: str | None = None
     report = result.to_dict()
     report["network_method"] = network_method
     report["files"] = {"written": written, "removed": removed}
+    if source is not None:
+        report["source"] = source
     _replace_file(folder / "report.json", lambda path: Path(path).write_text(json.dumps(report, indent=2) + "\n"))
     for name in removed:
         (folder / name).unlink(missing_ok=True)
@@ -224,8 +250,9 @@ def _discover(arguments: argparse.Namespace) -> int:
     except MultKANError as error:
         print(f"multkan discover: {_cli_message(error)}", file=sys.stderr)
         return 2
-    folder = Path(arguments.out) / run_name
-    report, written, removed = _write_outputs(folder, result, dataset, _target_name(arguments))
+    source = str(Path(arguments.data).resolve()) if arguments.data is not None else f"feynman:{run_name}"
+    folder = _run_folder(Path(arguments.out), run_name, source)
+    report, written, removed = _write_outputs(folder, result, dataset, _target_name(arguments), source)
 
     if arguments.json:
         print(json.dumps(report, indent=2))
@@ -393,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument(
         "--out",
         default="multkan-out",
-        help="folder that gets one subfolder per run with report.json, network.png and model.safetensors; a rerun replaces them and removes the ones it does not write (default multkan-out)",
+        help="folder that gets one subfolder per data file or equation, named after it, with report.json, network.png and model.safetensors; a rerun replaces them and removes the ones it does not write, and another file of the same name gets NAME-2 (default multkan-out)",
     )
     discover.add_argument("--quiet", action="store_true", help="hide progress bars")
     discover.add_argument("--json", action="store_true", help="print the report as JSON instead of a summary")

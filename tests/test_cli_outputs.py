@@ -279,3 +279,48 @@ def test_discover_reads_semicolon_csv(tmp_path, capsys):
     assert status == 0
     assert report["variables"] == ["a", "b"]
     assert report["formula"] == "a*b"
+
+
+def _discover_table(path, out, capsys):
+    status = main(["discover", str(path), "--target", "y", "--methods", "power_law", "--out", str(out), "--quiet", "--json"])
+    assert status == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_same_file_name_gets_own_folder(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _table(tmp_path / "a", [f"{i},{i + 1},{i * (i + 1)}" for i in range(1, 13)])
+    second = _table(tmp_path / "b", [f"{i},{i + 2},{i * (i + 2) ** 2}" for i in range(1, 13)])
+    out = tmp_path / "out"
+
+    assert _discover_table(first, out, capsys)["source"] == str(first.resolve())
+    _discover_table(second, out, capsys)
+    assert json.loads((out / "data" / "report.json").read_text())["formula"] == "a*b"
+    assert json.loads((out / "data-2" / "report.json").read_text())["formula"] == "a*b**2"
+
+    # Reruns go back to their own folders.
+    _discover_table(second, out, capsys)
+    _discover_table(first, out, capsys)
+    assert sorted(os.listdir(out)) == ["data", "data-2"]
+    assert json.loads((out / "data" / "report.json").read_text())["source"] == str(first.resolve())
+
+
+def test_unreadable_report_is_not_replaced(tmp_path, capsys):
+    path = _table(tmp_path, [f"{i},{i + 1},{i * (i + 1)}" for i in range(1, 13)])
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "report.json").write_text("not json")
+    _discover_table(path, out, capsys)
+    assert (out / "data" / "report.json").read_text() == "not json"
+    assert (out / "data-2" / "report.json").exists()
+
+
+def test_report_without_source_is_reused(tmp_path, capsys):
+    path = _table(tmp_path, [f"{i},{i + 1},{i * (i + 1)}" for i in range(1, 13)])
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "report.json").write_text(json.dumps({"formula": "old"}))
+    _discover_table(path, out, capsys)
+    assert json.loads((out / "data" / "report.json").read_text())["formula"] == "a*b"
+    assert sorted(os.listdir(out)) == ["data"]
