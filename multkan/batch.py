@@ -36,7 +36,7 @@ from .errors import InvalidDataError, NonFiniteLossWarning, invalid_parameter
 from .model import MultKAN, check_input
 from .nn._layer import BASE_FUNCTIONS, MultKANLayer
 from .splines import fit_coefficients, grid_from_samples
-from .train import EVAL_CHUNK, _grid_rows, prepare_dataset
+from .train import EVAL_CHUNK, _grid_rows, default_log, prepare_dataset
 
 __all__ = ["BatchedMultKAN", "BatchFitResult"]
 
@@ -588,7 +588,7 @@ class BatchedMultKAN(nn.Module):
         stop_grid_update_step: int = 50,
         grid_eps: float | None = None,
         batch: int = -1,
-        log: int = 1,
+        log: int | None = None,
         loss_fn: str | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -649,6 +649,7 @@ class BatchedMultKAN(nn.Module):
 
         n_train = data["train_input"].shape[0]
         batch_size = n_train if batch == -1 or batch > n_train else batch
+        log = default_log(n_train, batch_size) if log is None else log
         # Rows are drawn from the generator in the order multkan.fit uses, so a
         # single-model fit with the same seed trains on the same rows.
         generator = torch.Generator().manual_seed(seed)
@@ -892,8 +893,8 @@ def _check_fit_options(opt, steps, batch, log, update_grid, grid_update_num, sta
         raise invalid_parameter("steps", "an integer >= 1", steps)
     if not isinstance(batch, int) or isinstance(batch, bool) or not (batch == -1 or batch >= 1):
         raise invalid_parameter("batch", "-1 (full batch) or an integer >= 1", batch)
-    if not isinstance(log, int) or isinstance(log, bool) or log < 1:
-        raise invalid_parameter("log", "an integer >= 1", log)
+    if log is not None and (not isinstance(log, int) or isinstance(log, bool) or log < 1):
+        raise invalid_parameter("log", "an integer >= 1 or None", log)
     if update_grid:
         if not isinstance(grid_update_num, int) or grid_update_num < 1:
             raise invalid_parameter("grid_update_num", "an integer >= 1 when update_grid is True", grid_update_num)

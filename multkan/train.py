@@ -145,6 +145,11 @@ def _check_labels(labels: torch.Tensor, n_rows: int, model: MultKAN, loss_kind: 
     return labels.to(model.dtype) if labels.is_floating_point() or loss_kind == "mse" else labels
 
 
+def default_log(n_train: int, batch_size: int) -> int:
+    """Return the default steps between history records: 1 for full batches, one epoch for mini-batches."""
+    return -(-n_train // batch_size)
+
+
 def _check_options(opt, steps, lr, batch, n_train, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step, log, lamb):
     if opt not in ("LBFGS", "Adam"):
         raise invalid_parameter("opt", "'LBFGS' or 'Adam'", opt)
@@ -154,8 +159,8 @@ def _check_options(opt, steps, lr, batch, n_train, update_grid, grid_update_num,
         raise invalid_parameter("lr", "a positive finite number", lr)
     if not isinstance(batch, int) or not (batch == -1 or batch >= 1):
         raise invalid_parameter("batch", "-1 (full batch) or an integer >= 1", batch)
-    if not isinstance(log, int) or log < 1:
-        raise invalid_parameter("log", "an integer >= 1", log)
+    if log is not None and (not isinstance(log, int) or isinstance(log, bool) or log < 1):
+        raise invalid_parameter("log", "an integer >= 1 or None", log)
     if isinstance(lamb, bool) or not (isinstance(lamb, (int, float)) and lamb >= 0 and math.isfinite(lamb)):
         raise invalid_parameter("lamb", "a finite number >= 0 (0 turns the regulariser off)", lamb)
     if update_grid:
@@ -195,7 +200,7 @@ def fit(
     dataset: dict,
     opt: str = "LBFGS",
     steps: int = 100,
-    log: int = 1,
+    log: int | None = None,
     lamb: float = 0.0,
     lamb_l1: float = 1.0,
     lamb_entropy: float = 2.0,
@@ -227,8 +232,12 @@ def fit(
         search per step; Adam takes one step per step.
     steps : int
         Number of optimiser steps.
-    log : int
-        Steps between history records and progress-bar updates.
+    log : int, optional
+        Steps between history records and progress-bar updates. Each
+        record evaluates the loss on all training and test rows. The
+        default is every step for full-batch training and once per epoch
+        (``ceil(n_train / batch)`` steps) with mini-batches, where a record
+        on all rows costs more than a step.
     lamb : float
         Weight of the sparsity regulariser (see :func:`regularization`);
         0 turns it off.
@@ -268,9 +277,10 @@ def fit(
 
     Notes
     -----
-    When a loss, parameter or gradient stops being finite, the parameters
-    of the last finite step are restored, a :class:`NonFiniteLossWarning`
-    names the step, and training stops. Ctrl-C (``KeyboardInterrupt``) also
+    When a loss, a logged loss, a parameter or a gradient stops being
+    finite, training stops: the parameters at the start of the last step
+    whose objective was finite are restored, the history keeps only finite
+    entries, and a :class:`NonFiniteLossWarning` names the step. Ctrl-C (``KeyboardInterrupt``) also
     stops training: the parameters of the logged step with the lowest
     training loss are restored (the parameters from before training when no
     step was logged yet), the interrupted step gets no history entry, and a
@@ -288,6 +298,7 @@ def fit(
     n_train = data["train_input"].shape[0]
     _check_options(opt, steps, lr, batch, n_train, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step, log, lamb)
     batch_size = n_train if batch == -1 or batch > n_train else batch
+    log = default_log(n_train, batch_size) if log is None else log
     generator = torch.Generator().manual_seed(model.seed if seed is None else seed)
     grid_every = max(1, stop_grid_update_step // grid_update_num) if update_grid else 0
     grid_rows = _grid_rows(data["train_input"], generator)
@@ -348,7 +359,9 @@ def _train(
             if update_grid and start_grid_update_step <= step < stop_grid_update_step and step % grid_every == 0:
                 # The grid update changes the model's function, so the next
                 # objective is no longer that of the pending step.
-                history.complete_pending()
+                if not history.complete_pending():
+                    history.stop_non_finite(step, opt)
+                    break
                 model.update_grid(grid_rows, grid_eps=grid_eps)
                 if isinstance(optimizer, FlatLBFGS):
                     optimizer.reset()
@@ -374,25 +387,25 @@ def _train(
                     total, reg = objective_loss, no_reg
                 if not first_evaluation:
                     first_evaluation.extend((objective_loss.detach(), reg.detach()))
+                    # The parameters at the start of a step are the ones to go
+                    # back to once the objective at them is known to be finite.
+                    if bool(torch.isfinite(total.detach())):
+                        history.verify(step)
                 return total
 
             total = optimizer.step(closure)
-            if not parameters.all_finite(total.detach()):
-                history.restore_last_finite()
-                history.complete_pending()
-                history.stopped_at = step
-                warnings.warn(
-                    f"training stopped at step {step}: the loss, a parameter or a gradient was not finite; "
-                    f"parameters from step {step - 1} were restored. Lower lr or lamb, or use opt='Adam'.",
-                    NonFiniteLossWarning,
-                    stacklevel=3,
-                )
+            if not bool(torch.isfinite(total.detach())):
+                # The previous step led to a non-finite objective, so its pending record is dropped.
+                history.drop_pending()
+                history.stop_non_finite(step, opt)
                 break
-            history.complete_pending(*first_evaluation)
-            history.take_snapshot()
+            if not history.complete_pending(*first_evaluation) or not parameters.all_finite(total.detach()):
+                history.stop_non_finite(step, opt)
+                break
 
-            if step % log == 0 or step == steps - 1:
-                history.record(step, defer=reuse_next and step < steps - 1)
+            if (step % log == 0 or step == steps - 1) and not history.record(step, defer=reuse_next and step < steps - 1):
+                history.stop_non_finite(step, opt)
+                break
             current_step = step + 1
     except KeyboardInterrupt:
         history.interrupted(current_step)
@@ -480,38 +493,65 @@ class _History:
         self.entries: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "reg": []}
         self.stopped_at: int | None = None
         self.pending: _PendingRecord | None = None
-        self.last_finite = _snapshot(model)
-        self.last_uniform = _uniform_flags(model)
+        # The parameters at the start of the last step whose first objective
+        # was finite (None: before training), restored when training stops
+        # on a non-finite value.
+        self.verified_step: int | None = None
+        self.verified = _snapshot(model)
+        self.verified_uniform = _uniform_flags(model)
         # The logged step with the lowest training loss, restored on Ctrl-C.
         # Its state shares the tensors of a snapshot, which are never modified.
-        self.best = _BestStep(None, math.inf, self.last_finite, self.last_uniform)
+        self.best = _BestStep(None, math.inf, self.verified, self.verified_uniform)
 
-    def take_snapshot(self) -> None:
-        self.last_finite = _snapshot(self.model)
-        self.last_uniform = _uniform_flags(self.model)
+    def verify(self, step: int) -> None:
+        """Keep the current parameters, at the start of ``step``, as the ones to restore."""
+        self.verified_step = step
+        self.verified = _snapshot(self.model)
+        self.verified_uniform = _uniform_flags(self.model)
 
-    def restore_last_finite(self) -> None:
-        self.model.load_state_dict(self.last_finite)
-        for layer, uniform in zip(self.model.layers, self.last_uniform):
+    def stop_non_finite(self, step: int, opt: str) -> None:
+        """Restore the verified parameters after a non-finite value in ``step`` and warn."""
+        self.model.load_state_dict(self.verified)
+        for layer, uniform in zip(self.model.layers, self.verified_uniform):
             layer.uniform = uniform
+        self.stopped_at = step
+        restored = "the parameters from before training were" if self.verified_step is None else (
+            f"the parameters from the start of step {self.verified_step} were"
+        )
+        advice = "Lower lr or lamb." if opt == "Adam" else "Lower lr or lamb, or use opt='Adam'."
+        warnings.warn(
+            f"training stopped at step {step}: the loss, a logged loss, a parameter or a gradient was not finite; "
+            f"{restored} restored. {advice}",
+            NonFiniteLossWarning,
+            stacklevel=4,
+        )
+
+    def drop_pending(self) -> None:
+        self.pending = None
 
     def _scale(self, value: float) -> float:
         return math.sqrt(value) if self.loss_kind == "mse" else value
 
-    def record(self, step: int, *, defer: bool) -> None:
+    def record(self, step: int, *, defer: bool) -> bool:
         """Log the step that just finished, or keep it pending until the next step's objective.
 
         With ``defer`` the next step must evaluate the objective on all
         training rows, at most EVAL_CHUNK of them, before it changes the
-        parameters.
+        parameters. Returns False, and logs nothing, when a loss is not finite.
         """
         test = self._scale(_evaluate(self.model, self.data["test_input"], self.data["test_label"], self.loss, self.direct))
-        pending = _PendingRecord(step, test, self.last_finite, self.last_uniform)
+        if not math.isfinite(test):
+            return False
+        pending = _PendingRecord(step, test, _snapshot(self.model), _uniform_flags(self.model))
         if defer:
             self.pending = pending
-        else:
-            train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss, self.direct)
-            self._append(pending, self._scale(train), self._reg())
+            return True
+        train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss, self.direct)
+        reg = self._reg()
+        if not (math.isfinite(train) and math.isfinite(reg)):
+            return False
+        self._append(pending, self._scale(train), reg)
+        return True
 
     def _reg(self) -> float:
         """Return the regulariser on the first EVAL_CHUNK training rows, 0 when lamb is 0."""
@@ -520,22 +560,26 @@ class _History:
         with torch.no_grad():
             return float(self.objective(self.data["train_input"][:EVAL_CHUNK], self.data["train_label"][:EVAL_CHUNK])[1])
 
-    def complete_pending(self, objective_loss: torch.Tensor | None = None, reg: torch.Tensor | None = None) -> None:
+    def complete_pending(self, objective_loss: torch.Tensor | None = None, reg: torch.Tensor | None = None) -> bool:
         """Log the pending step with the objective the model evaluated at its parameters.
 
         Without ``objective_loss`` the model must hold the pending step's
-        parameters, and the losses are evaluated here.
+        parameters, and the losses are evaluated here. Returns False, and
+        drops the pending step, when its loss is not finite.
         """
         pending, self.pending = self.pending, None
         if pending is None:
-            return
+            return True
         if objective_loss is None:
             train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss, self.direct)
             reg_value = self._reg()
         else:
             train = float(objective_loss)
             reg_value = float(reg) if self.lamb > 0 else 0.0
+        if not (math.isfinite(train) and math.isfinite(reg_value)):
+            return False
         self._append(pending, self._scale(train), reg_value)
+        return True
 
     def _append(self, record: _PendingRecord, train: float, reg: float) -> None:
         self.entries["train_loss"].append(train)

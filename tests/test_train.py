@@ -82,6 +82,60 @@ def test_guard_restores_parameters_on_nan_loss():
         assert torch.isfinite(parameter).all()
 
 
+def test_guard_restores_verified_parameters_exactly():
+    data = create_dataset(lambda x: x[:, 0], n_var=1, train_num=50, test_num=10, seed=0)
+    calls = {"n": 0}
+    states = []
+
+    # Training evaluation 4 (the first of step 3, with Adam one per step) is NaN.
+    def loss_turning_nan(prediction, label):
+        loss = torch.mean((prediction - label) ** 2)
+        if not torch.is_grad_enabled():
+            return loss
+        calls["n"] += 1
+        states.append({name: value.detach().clone() for name, value in model.state_dict().items()})
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    model = MultKAN([1, 2, 1], seed=0)
+    with pytest.warns(NonFiniteLossWarning, match=r"stopped at step 3: .* the start of step 2 were restored\. Lower lr or lamb\.$"):
+        history = model.fit(data, opt="Adam", steps=10, lr=0.01, loss_fn=loss_turning_nan, update_grid=False, progress=False)
+    assert history["stopped_at"] == 3
+    # Steps 0 and 1 are logged. Step 2's record needs the loss at the start of step 3, which is NaN.
+    assert len(history["train_loss"]) == 2
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, states[2][name], rtol=0, atol=0, msg=name)
+
+
+def test_guard_stops_on_non_finite_predictions():
+    # Adam with a huge rate gives finite parameters whose predictions overflow.
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 30, generator=generator) * 2 - 1
+    y = x[:, :3].sum(dim=1, keepdim=True)
+    data = {"train_input": x, "train_label": y, "test_input": x[:50], "test_label": y[:50]}
+    model = MultKAN([30, 5, 1], seed=0)
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.warns(NonFiniteLossWarning, match=r"stopped at step 0: .*Lower lr or lamb\.$"):
+        history = model.fit(data, opt="Adam", lr=1e20, steps=5, progress=False)
+    assert history["stopped_at"] == 0
+    assert history["train_loss"] == [] and history["test_loss"] == []
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+    # Step 0 began with a grid update, so its start differs from the initial state only in grid and coefficients.
+    assert torch.equal(model.layers[0].scale_base, initial["layers.0.scale_base"])
+
+
+def test_default_log_is_one_epoch_with_minibatches():
+    data = create_dataset(lambda x: x[:, 0] * x[:, 1], n_var=2, train_num=100, test_num=20, seed=0)
+    full = MultKAN([2, 2, 1], seed=0).fit(data, opt="Adam", steps=10, lr=0.01, progress=False)
+    assert len(full["train_loss"]) == 10
+    # ceil(100 / 30) = 4: steps 0, 4 and 8, and the last step.
+    mini = MultKAN([2, 2, 1], seed=0).fit(data, opt="Adam", steps=10, lr=0.01, batch=30, progress=False)
+    assert len(mini["train_loss"]) == 4
+    every = MultKAN([2, 2, 1], seed=0).fit(data, opt="Adam", steps=10, lr=0.01, batch=30, log=1, progress=False)
+    assert len(every["train_loss"]) == 10
+    assert every["train_loss"][8] == pytest.approx(mini["train_loss"][2], rel=1e-6)
+
+
 def test_strong_regularisation_wide_model_stays_finite():
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(300, 300, generator=generator) * 2 - 1
@@ -198,7 +252,8 @@ def test_short_and_batched_runs(steps, lamb):
     history = model.fit(
         data, opt="Adam", steps=steps, lamb=lamb, batch=16, lr=0.01, grid_update_num=10, stop_grid_update_step=5, progress=False
     )
-    assert len(history["train_loss"]) == steps
+    # One record per epoch of 64 / 16 = 4 steps (steps 0, 4, 8, ...), and the last step.
+    assert len(history["train_loss"]) == len({*range(0, steps, 4), steps - 1})
     assert all(math.isfinite(v) for v in history["train_loss"] + history["test_loss"])
 
 
