@@ -6,6 +6,11 @@ local path (``multkan.splines.LOCAL_BASIS_MIN`` set to a huge value, then
 to 1). Times are the minimum CPU time of the calling thread over 25 calls
 with one torch thread. The crossover sets ``LOCAL_BASIS_MIN``.
 
+The knots are first moved to sample quantiles (``update_grid`` with
+``grid_eps=0``): equally spaced knots always take the fused layer's own
+local evaluation, and ``LOCAL_BASIS_MIN`` decides only for unequally
+spaced ones, between the fused dense recursion and the unfused local basis.
+
 Usage, from the repository root::
 
     python benchmarks/basis_crossover.py
@@ -13,6 +18,7 @@ Usage, from the repository root::
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -40,6 +46,7 @@ def min_thread_time(function, calls=25, warmup=5):
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(1)
     default = splines.LOCAL_BASIS_MIN
     print("| width, rows | G | k | basis functions | dense | local | dense / local |")
@@ -49,6 +56,7 @@ def main():
             for grid, k in GRIDS:
                 model = MultKAN(width, grid=grid, k=k, seed=0)
                 x = torch.rand(rows, width[0]) * 2 - 1
+                model.update_grid(x, grid_eps=0.0)
 
                 def step():
                     model.zero_grad()

@@ -269,3 +269,13 @@ def test_simplify_constants_refits_and_snaps():
 
     cleaned = simplify_constants(noisy, [symbol], x, y)
     assert sympy.simplify(cleaned - 3 * sympy.exp(2 * symbol)) == 0
+
+
+def test_unfix_missing_edge_message():
+    from multkan import SymbolicError, kanpile
+
+    model = kanpile("x*sin(y) + exp(z**2)")
+    with pytest.raises(SymbolicError, match=r"edge \(0, 0, 0\) was pruned from the graph; it cannot be turned back into a spline"):
+        model.unfix_symbolic((0, 0, 0))
+    with pytest.raises(SymbolicError, match="it cannot be made symbolic"):
+        model.fix_symbolic((0, 0, 0), "sin", fit_params=False)

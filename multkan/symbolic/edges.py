@@ -134,13 +134,14 @@ def suggest_symbolic(
 
 
 def _set_edge_function(model: MultKAN, edge: EdgeId, name: str | None, params=None) -> None:
-    """Update the compiled layer and the graph IR for one edge."""
+    """Update the compiled layer and the graph IR for one edge; ``name`` None restores its spline."""
     layer = model.layers[edge.layer]
     structure = graph_layers(model.graph)
     source = structure[edge.layer].nodes[edge.source]
     target = structure[edge.layer + 1].subnodes[edge.target]
     if not model.graph.has_edge(source, target):
-        raise SymbolicError(f"edge {tuple(edge)} was pruned from the graph; it cannot be made symbolic")
+        action = "made symbolic" if name is not None else "turned back into a spline"
+        raise SymbolicError(f"edge {tuple(edge)} was pruned from the graph; it cannot be {action}")
     if name is None:
         layer.set_symbolic(edge.source, edge.target, None)
         model.graph.edges[source, target]["function"] = {"type": "spline"}
