@@ -90,6 +90,9 @@ def _discover_data(arguments: argparse.Namespace):
 
 OUTPUT_FILES = ("report.json", "network.png", "model.safetensors")
 
+# The summary flags a formula whose test RMSE exceeds this fraction of the largest |target|.
+POOR_FIT = 1e-2
+
 
 def _run_folder(out: Path, run_name: str, source: str) -> Path:
     """Return ``out / run_name``, or ``run_name-2``, ``-3``, ... when the report there came from another source.
@@ -126,8 +129,10 @@ def _write_outputs(folder: Path, result, dataset, target_name: str | None = None
     -------
     report : dict
         The contents of report.json: ``result.to_dict()`` plus
-        ``network_method``, ``files`` (``written`` and ``removed``) and, when
-        given, ``source`` (the data file's absolute path or ``feynman:<id>``).
+        ``network_method``, ``formula_relative_test_rmse`` (the formula's test
+        RMSE over the largest |test label|), ``files`` (``written`` and
+        ``removed``) and, when given, ``source`` (the data file's absolute
+        path or ``feynman:<id>``).
     written, removed : list of str
         Names of the files written and of the stale files removed.
     """
@@ -151,6 +156,11 @@ def _write_outputs(folder: Path, result, dataset, target_name: str | None = None
     removed = [name for name in OUTPUT_FILES if name not in written and (folder / name).exists()]
     report = result.to_dict()
     report["network_method"] = network_method
+    labels = dataset.get("test_label")
+    scale = float(labels.abs().max()) if labels is not None and labels.numel() else 0.0
+    rmse = result.formula_test_rmse
+    finite = rmse is not None and math.isfinite(rmse) and scale > 0
+    report["formula_relative_test_rmse"] = rmse / scale if finite else None
     report["files"] = {"written": written, "removed": removed}
     if source is not None:
         report["source"] = source
@@ -262,6 +272,12 @@ def _discover(arguments: argparse.Namespace) -> int:
     for method, reason in result.skipped.items():
         print(f"no formula from {method}: {reason}")
     print(f"test RMSE of the formula: {result.formula_test_rmse:.3e}")
+    relative = report["formula_relative_test_rmse"]
+    if relative is not None and relative > POOR_FIT:
+        print(
+            f"poor fit: the test RMSE is {100 * relative:.1f}% of the largest |target|; "
+            "more rows, other --methods or --stop-rmse 0 may find a better formula"
+        )
     if result.model_test_rmse is not None:
         print(f"test RMSE of the best network: {result.model_test_rmse:.3e}")
     if truth is not None:

@@ -324,3 +324,26 @@ def test_report_without_source_is_reused(tmp_path, capsys):
     _discover_table(path, out, capsys)
     assert json.loads((out / "data" / "report.json").read_text())["formula"] == "a*b"
     assert sorted(os.listdir(out)) == ["data"]
+
+
+def test_poor_fit_is_flagged(tmp_path, capsys):
+    # y follows no smooth function of a and b.
+    rows = [f"{i},{(7 * i) % 11 + 1},{(13 * i) % 17 + 1}" for i in range(1, 31)]
+    path = _table(tmp_path, rows)
+    arguments = ["discover", str(path), "--target", "y", "--methods", "additive", "--steps", "5", "--out", str(tmp_path / "out"), "--quiet"]
+    status = main(arguments)
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "poor fit: the test RMSE is" in output
+    report = json.loads((tmp_path / "out" / "data" / "report.json").read_text())
+    assert report["formula_relative_test_rmse"] > 0.01
+
+
+def test_good_fit_is_not_flagged(tmp_path, capsys):
+    path = _table(tmp_path, [f"{i},{i + 1},{i * (i + 1)}" for i in range(1, 13)])
+    status = main(["discover", str(path), "--target", "y", "--methods", "power_law", "--out", str(tmp_path / "out"), "--quiet"])
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "poor fit" not in output
+    report = json.loads((tmp_path / "out" / "data" / "report.json").read_text())
+    assert report["formula_relative_test_rmse"] < 1e-6

@@ -237,8 +237,8 @@ def auto_symbolic(
     unexplained variance ``1 - r2`` is at most ``r2_factor`` times that of
     the best fit, which prefers ``x`` over a slightly better ``arcsin`` on
     a nearly straight edge. Among equally complex candidates it prefers one
-    that does not cancel large terms (:meth:`AffineFit.cancels`). Neither rule sets a clean edge (best r2 > 0.99)
-    to the constant ``0``.
+    that does not cancel large terms (:meth:`AffineFit.cancels`). Neither
+    rule sets a clean edge (best r2 > 0.99) to the constant ``0``.
 
     Layers are processed in order. Each layer's edges are fitted in one
     vectorised call on the inputs that the already snapped layers produce,
