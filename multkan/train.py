@@ -297,6 +297,10 @@ def fit(
     model.train_input = data["train_input"]
     n_train = data["train_input"].shape[0]
     _check_options(opt, steps, lr, batch, n_train, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step, log, lamb)
+    # Adam's first step is lr / (1 - 0.9), which torch converts to the parameters' dtype.
+    adam_limit = torch.finfo(model.dtype).max / 10
+    if opt == "Adam" and lr >= adam_limit:
+        raise invalid_parameter("lr", f"a positive number below {adam_limit:.3g} for Adam on {model.dtype} parameters", lr)
     batch_size = n_train if batch == -1 or batch > n_train else batch
     log = default_log(n_train, batch_size) if log is None else log
     generator = torch.Generator().manual_seed(model.seed if seed is None else seed)

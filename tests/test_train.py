@@ -323,3 +323,9 @@ def test_product_reaches_target_rmse(seed):
     # initial, tiny product range, so this fit keeps the initial grids.
     history = model.fit(data, steps=50, update_grid=False, progress=False)
     assert history["test_loss"][-1] < 1e-3
+
+
+def test_adam_rejects_lr_beyond_dtype():
+    data = create_dataset(lambda x: x[:, 0], n_var=1, train_num=20, test_num=5, seed=0)
+    with pytest.raises(InvalidParameterError, match=r"invalid lr: expected a positive number below 3\.4e\+37 for Adam on torch\.float32"):
+        MultKAN([1, 1], seed=0).fit(data, opt="Adam", lr=1e38, steps=1, progress=False)
