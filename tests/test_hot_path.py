@@ -114,8 +114,8 @@ def _reference_fit(model, data, opt, steps, lr):
 
 
 # fit's L-BFGS (multkan.lbfgs) and gradient (multkan.nn._direct) round
-# differently from torch's; L-BFGS on this model amplifies a difference by
-# about 30 times per step (6e-15 after one step, 3e-13 after two), so the
+# differently from torch's. L-BFGS on this model amplifies a difference by
+# about 30 times per step (6e-15 after one step, 3e-13 after two). So the
 # L-BFGS comparison stops after two steps of about 20 evaluations each.
 @pytest.mark.parametrize(("opt", "lr", "steps"), [("LBFGS", 1.0, 2), ("Adam", 0.05, 4)])
 def test_fit_matches_torch_optimiser(opt, lr, steps):

@@ -189,29 +189,42 @@ class _FusedSplineLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, coef, scale_sp, scale_base, spline_mask, constants, k, base_fun):
-        sums, features, derivative, weights, spline_weight = _fused_sums(
-            x, coef, scale_sp, scale_base, spline_mask, constants, k, base_fun, ctx.needs_input_grad[0]
-        )
-        ctx.k = k
-        ctx.base_fun = base_fun
-        ctx.constants = constants
-        ctx.local = isinstance(derivative, tuple)
-        slopes = derivative if ctx.local else (derivative, None, None)
-        ctx.save_for_backward(x, coef, scale_sp, scale_base, spline_mask, features, *slopes, weights, spline_weight)
+        sums, _ = _fused_forward_saving(ctx, x, coef, scale_sp, scale_base, spline_mask, constants, k, base_fun)
         return sums
 
     @staticmethod
     def backward(ctx, grad_sums):
-        x, coef, scale_sp, scale_base, spline_mask, features, derivative, slopes, base_slope, weights, spline_weight = ctx.saved_tensors
-        constants = ctx.constants
+        x, coef, scale_sp, scale_base, spline_mask, features, derivative, weights, spline_weight = _fused_saved(ctx)
         needs = ctx.needs_input_grad[:4]
         nothing = (None,) * 4
         if torch.is_grad_enabled():
-            grads = _differentiable_grads(x, coef, scale_sp, scale_base, spline_mask, constants.grid_columns, ctx.k, ctx.base_fun, needs, grad_sums)
+            grads = _differentiable_grads(x, coef, scale_sp, scale_base, spline_mask, ctx.constants.grid_columns, ctx.k, ctx.base_fun, needs, grad_sums)
             return (*grads, *nothing)
 
-        grads = _fused_backward(grad_sums, needs, coef, scale_sp, spline_mask, features, (derivative, slopes, base_slope) if ctx.local else derivative, weights, spline_weight)
+        grads = _fused_backward(grad_sums, needs, coef, scale_sp, spline_mask, features, derivative, weights, spline_weight)
         return (*grads, *nothing)
+
+
+def _fused_forward_saving(ctx, x, coef, scale_sp, scale_base, spline_mask, constants, k, base_fun):
+    """Run :func:`_fused_sums` for an autograd node and save what its backward pass needs; return the sums and features."""
+    sums, features, derivative, weights, spline_weight = _fused_sums(
+        x, coef, scale_sp, scale_base, spline_mask, constants, k, base_fun, ctx.needs_input_grad[0]
+    )
+    ctx.k = k
+    ctx.base_fun = base_fun
+    ctx.constants = constants
+    ctx.local = isinstance(derivative, tuple)
+    slopes = derivative if ctx.local else (derivative, None, None)
+    ctx.save_for_backward(x, coef, scale_sp, scale_base, spline_mask, features, *slopes, weights, spline_weight)
+    return sums, features
+
+
+def _fused_saved(ctx):
+    """Return what :func:`_fused_forward_saving` saved, the derivative in the form :func:`_fused_backward` takes."""
+    x, coef, scale_sp, scale_base, spline_mask, features, derivative, slopes, base_slope, weights, spline_weight = ctx.saved_tensors
+    if ctx.local:
+        derivative = (derivative, slopes, base_slope)
+    return x, coef, scale_sp, scale_base, spline_mask, features, derivative, weights, spline_weight
 
 
 def _fused_backward(grad_sums, needs, coef, scale_sp, spline_mask, features, derivative, weights, spline_weight, feature_grad=None):
@@ -293,20 +306,12 @@ class _FusedSplineLayerWithScatter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, coef, scale_sp, scale_base, spline_mask, constants, k, base_fun):
-        sums, features, derivative, weights, spline_weight = _fused_sums(
-            x, coef, scale_sp, scale_base, spline_mask, constants, k, base_fun, ctx.needs_input_grad[0]
-        )
-        ctx.k = k
-        ctx.base_fun = base_fun
-        ctx.constants = constants
-        ctx.local = isinstance(derivative, tuple)
-        slopes = derivative if ctx.local else (derivative, None, None)
-        ctx.save_for_backward(x, coef, scale_sp, scale_base, spline_mask, features, *slopes, weights, spline_weight)
+        sums, features = _fused_forward_saving(ctx, x, coef, scale_sp, scale_base, spline_mask, constants, k, base_fun)
         return sums, _scatter_matrices(features)
 
     @staticmethod
     def backward(ctx, grad_sums, grad_scatter):
-        x, coef, scale_sp, scale_base, spline_mask, features, derivative, slopes, base_slope, weights, spline_weight = ctx.saved_tensors
+        x, coef, scale_sp, scale_base, spline_mask, features, derivative, weights, spline_weight = _fused_saved(ctx)
         needs = ctx.needs_input_grad[:4]
         nothing = (None,) * 4
         if torch.is_grad_enabled():
@@ -319,7 +324,6 @@ class _FusedSplineLayerWithScatter(torch.autograd.Function):
         if needs[0]:
             centred = features - features.mean(dim=-1, keepdim=True)
             feature_grad = torch.bmm(grad_scatter + grad_scatter.transpose(1, 2), centred)
-        derivative = (derivative, slopes, base_slope) if ctx.local else derivative
         grads = _fused_backward(grad_sums, needs, coef, scale_sp, spline_mask, features, derivative, weights, spline_weight, feature_grad)
         return (*grads, *nothing)
 
