@@ -342,10 +342,12 @@ class MultKAN(nn.Module):
         """
         grid_eps = self.grid_eps if grid_eps is None else grid_eps
         values, _ = check_input(x, self.n_inputs, self.dtype)
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for position, layer in enumerate(self.layers):
             new_grid = grid_from_samples(values, layer.grid_size, layer.k, grid_eps=grid_eps, margin=margin)
             layer.update_grid(values, new_grid, uniform=grid_eps == 1.0)
-            values = layer(values)
+            if position < last:
+                values = layer(values)
         return self
 
     @torch.no_grad()
