@@ -279,3 +279,44 @@ def test_unfix_missing_edge_message():
         model.unfix_symbolic((0, 0, 0))
     with pytest.raises(SymbolicError, match="it cannot be made symbolic"):
         model.fix_symbolic((0, 0, 0), "sin", fit_params=False)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("selection", ["score", "simplest"])
+def test_chain_of_sine_snaps_to_sine(seed, selection):
+    data = create_dataset(lambda x: torch.sin(3 * x[:, 0]), n_var=1, seed=0)
+    model = MultKAN([1, 1, 1], grid=5, seed=seed)
+    model.fit(data, steps=50, progress=False)
+    report = model.auto_symbolic(lib=["x", "x^2", "sin", "0"], selection=selection)
+    names = [r.name for r in report]
+    assert "0" not in names
+    assert names == ["sin", "x"]
+    assert report[0].r2 > 0.9999
+    x_1 = sympy.Symbol("x_1", real=True)
+    formula = model.symbolic_formula()[0]
+    assert formula.has(sympy.sin)
+    # The formula reproduces the network on the training inputs.
+    values = torch.tensor([float(formula.subs(x_1, float(v))) for v in data["train_input"][:20, 0]], dtype=torch.float64)
+    with torch.no_grad():
+        network = model(data["train_input"][:20]).squeeze(-1)
+    torch.testing.assert_close(values, network.double(), rtol=1e-4, atol=1e-5)
+
+
+def test_chain_collapse_can_be_turned_off():
+    data = create_dataset(lambda x: torch.sin(3 * x[:, 0]), n_var=1, seed=0)
+    model = MultKAN([1, 1, 1], grid=5, seed=4)
+    model.fit(data, steps=50, progress=False)
+    report = model.copy().auto_symbolic(lib=["x", "x^2", "sin", "0"], collapse_chains=False)
+    assert len(report) == 2
+    collapsed = model.copy().auto_symbolic(lib=["x", "x^2", "sin", "0"])
+    assert [r.name for r in collapsed] == ["sin", "x"]
+
+
+def test_chain_needs_one_edge_in_and_out():
+    from multkan.symbolic.edges import _chains
+
+    model = MultKAN([1, 2, 1], seed=0)
+    assert [(tuple(a), tuple(b)) for a, b in _chains(model)] == [((0, 0, 0), (1, 0, 0)), ((0, 0, 1), (1, 1, 0))]
+    assert _chains(MultKAN([2, 1, 1], seed=0)) == []
+    assert _chains(MultKAN([1, 1, 2], seed=0)) == []
+    assert _chains(MultKAN([1, [0, 2], 1], seed=0)) == []

@@ -195,6 +195,64 @@ def _active_spline_edges(model: MultKAN, layer: int) -> list[EdgeId]:
     return [EdgeId(layer, int(i), int(j)) for i, j in mask.nonzero().tolist()]
 
 
+# A chain collapses into one function only when that function fits the
+# chain's output at least this well (see auto_symbolic).
+CHAIN_R2 = 0.9999
+
+
+def _chains(model: MultKAN) -> list[tuple[EdgeId, EdgeId]]:
+    """Return the spline edge pairs ``(l, i, n), (l + 1, n, j)`` around sum nodes with one incoming and one outgoing edge."""
+    chains = []
+    for position in range(len(model.layers) - 1):
+        layer, after = model.layers[position], model.layers[position + 1]
+        incoming = (layer.spline_mask + layer.symbolic_mask) > 0
+        outgoing = (after.spline_mask + after.symbolic_mask) > 0
+        for node in range(layer.n_sum):
+            sources = incoming[:, node].nonzero().flatten().tolist()
+            targets = outgoing[node].nonzero().flatten().tolist()
+            if len(sources) != 1 or len(targets) != 1:
+                continue
+            first, second = EdgeId(position, sources[0], node), EdgeId(position + 1, node, targets[0])
+            if bool(layer.spline_mask[sources[0], node]) and bool(after.spline_mask[node, targets[0]]):
+                chains.append((first, second))
+    return chains
+
+
+def _collapse_chains(model, inputs, library, a_range, b_range, weight_simple, r2_threshold, selection, r2_factor) -> list[EdgeFit]:
+    """Snap chains whose output one library function fits with r2 >= CHAIN_R2; return their records."""
+    identity = next((function for function in library.values() if function.is_identity), None)
+    chains = _chains(model) if identity is not None else []
+    if not chains:
+        return []
+    with torch.no_grad():
+        layer_inputs = model.layer_inputs(inputs)
+        chain_x = torch.stack([layer_inputs[first.layer][:, first.source] for first, _ in chains])
+        chain_y = torch.stack(
+            [model.layers[second.layer].edge_values(layer_inputs[second.layer])[:, second.source, second.target] for _, second in chains]
+        )
+    fit = fit_affine(chain_x, chain_y, library, a_range=a_range, b_range=b_range)
+    ranking = rank_candidates(fit, None, weight_simple=weight_simple, r2_threshold=r2_threshold)
+    choices = _simplest_choices(fit, r2_threshold, r2_factor) if selection == "simplest" else ranking.best.tolist()
+    report = []
+    for row, (first, second) in enumerate(chains):
+        best = int(choices[row])
+        layer = model.layers[first.layer]
+        scale, bias = float(layer.node_scale[first.target]), float(layer.node_bias[first.target])
+        if best < 0 or fit.functions[best].is_constant or float(fit.r2[row, best]) < CHAIN_R2 or scale == 0.0:
+            continue
+        function = fit.functions[best]
+        params = tuple(float(v) for v in fit.params[row, best])
+        # The node passes on scale * u + bias, which the identity edge maps back to u.
+        inverse = (1.0 / scale, -bias / scale, 1.0, 0.0)
+        _set_edge_function(model, first, function.name, params)
+        _set_edge_function(model, second, identity.name, inverse)
+        score = float(ranking.score[row, best])
+        r2 = float(fit.r2[row, best])
+        report.append(EdgeFit(first, function.name, params, r2, function.complexity, score))
+        report.append(EdgeFit(second, identity.name, inverse, r2, identity.complexity, score))
+    return report
+
+
 def _simplest_choices(fit, r2_threshold: float, r2_factor: float) -> list[int]:
     """Index of the least complex candidate within ``r2_factor`` of the best unexplained variance, per edge."""
     r2 = torch.where(fit.valid, fit.r2.to(torch.float64), -torch.inf)
@@ -228,6 +286,7 @@ def auto_symbolic(
     b_range: tuple[float, float] = (-10.0, 10.0),
     selection: str = "score",
     r2_factor: float = 10.0,
+    collapse_chains: bool = True,
 ) -> list[EdgeFit]:
     """Snap every active spline edge to its best-ranked library function.
 
@@ -240,6 +299,15 @@ def auto_symbolic(
     that does not cancel large terms (:meth:`AffineFit.cancels`). Neither
     rule sets a clean edge (best r2 > 0.99) to the constant ``0``.
 
+    With ``collapse_chains``, a chain comes first: a sum node with exactly
+    one incoming and one outgoing edge, both splines, such as the hidden
+    node of ``[1, 1, 1]``. The chain's output is a function of one input,
+    and when one library function fits it with r2 of at least
+    ``CHAIN_R2``, the first edge takes that function and the second the
+    identity. A network may split ``sin(3x)`` into two parabola-like
+    edges, each of which ``x^2`` fits well while their composition is not
+    ``sin``. Other chains are left to the per-edge fits.
+
     Layers are processed in order. Each layer's edges are fitted in one
     vectorised call on the inputs that the already snapped layers produce,
     so later layers see the symbolic functions of earlier ones. An edge
@@ -249,11 +317,16 @@ def auto_symbolic(
     Returns
     -------
     list of EdgeFit
-        One record per snapped edge.
+        One record per snapped edge, the collapsed chains first. Both edges
+        of a chain carry the r2 and score of the chain's fit.
     """
+    if selection not in ("score", "simplest"):
+        raise invalid_parameter("selection", "'score' or 'simplest'", selection)
     library = resolve_library(model, lib)
     inputs = _inputs(model, x, "auto_symbolic")
     report: list[EdgeFit] = []
+    if collapse_chains:
+        report.extend(_collapse_chains(model, inputs, library, a_range, b_range, weight_simple, r2_threshold, selection, r2_factor))
     unfitted: list[EdgeId] = []
     for layer in range(len(model.layers)):
         edges = _active_spline_edges(model, layer)
@@ -261,12 +334,7 @@ def auto_symbolic(
             continue
         fit = _fit_edges(model, inputs, layer, edges, library, a_range, b_range)
         ranking = rank_candidates(fit, None, weight_simple=weight_simple, r2_threshold=r2_threshold)
-        if selection == "simplest":
-            choices = _simplest_choices(fit, r2_threshold, r2_factor)
-        elif selection == "score":
-            choices = ranking.best.tolist()
-        else:
-            raise invalid_parameter("selection", "'score' or 'simplest'", selection)
+        choices = _simplest_choices(fit, r2_threshold, r2_factor) if selection == "simplest" else ranking.best.tolist()
         for row, edge in enumerate(edges):
             best = int(choices[row])
             if best < 0:
