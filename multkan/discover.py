@@ -403,33 +403,39 @@ def discover(
     if "multiplicative" in methods and not one_signed:
         skipped["multiplicative"] = "needs a target of one sign"
     stages = [m for m in methods if m not in skipped]
-    bar = tqdm(stages, desc="discover", disable=not progress)
+    bar = tqdm(total=len(stages), desc="discover", disable=not progress)
     scale = float(y_train.abs().max())
-    for method in bar:
+    for position, method in enumerate(stages):
         bar.set_postfix_str(method)
-        if stop_rmse is not None and method in NETWORKLESS_METHODS and any(c.test_rmse <= stop_rmse * scale for c in candidates):
-            # Only the network is still missing, and this method trains none.
-            skipped[method] = "not run: an earlier formula already fits to stop_rmse"
-            continue
         try:
-            candidate = _run_method(method, data, symbols, seed=seed, steps=steps, widths_tried=widths_tried)
-        except (ArithmeticError, ValueError, RuntimeError) as error:
-            logger.warning("method %s failed: %s", method, error)
-            skipped[method] = f"failed: {error}"
-            continue
-        if isinstance(candidate, str):
-            skipped[method] = candidate
-            continue
-        if candidate.model is not None:
-            rmse = candidate.model[1]
-            # The multiplicative network is fitted to log|y|, so its RMSE is in other units.
-            if candidate.method != "multiplicative":
-                model_rmse = rmse if model_rmse is None else min(model_rmse, rmse)
-            candidate.model = candidate.model[0]
-        candidates.append(candidate)
-        accurate = [c for c in candidates if stop_rmse is not None and c.test_rmse <= stop_rmse * scale]
-        if accurate and (not stop_needs_network or any(c.model is not None for c in candidates)):
-            break
+            if stop_rmse is not None and method in NETWORKLESS_METHODS and any(c.test_rmse <= stop_rmse * scale for c in candidates):
+                # Only the network is still missing, and this method trains none.
+                skipped[method] = "not run: an earlier formula already fits to stop_rmse"
+                continue
+            try:
+                candidate = _run_method(method, data, symbols, seed=seed, steps=steps, widths_tried=widths_tried)
+            except (ArithmeticError, ValueError, RuntimeError) as error:
+                logger.warning("method %s failed: %s", method, error)
+                skipped[method] = f"failed: {error}"
+                continue
+            if isinstance(candidate, str):
+                skipped[method] = candidate
+                continue
+            if candidate.model is not None:
+                rmse = candidate.model[1]
+                # The multiplicative network is fitted to log|y|, so its RMSE is in other units.
+                if candidate.method != "multiplicative":
+                    model_rmse = rmse if model_rmse is None else min(model_rmse, rmse)
+                candidate.model = candidate.model[0]
+            candidates.append(candidate)
+            accurate = [c for c in candidates if stop_rmse is not None and c.test_rmse <= stop_rmse * scale]
+            if accurate and (not stop_needs_network or any(c.model is not None for c in candidates)):
+                # The bar ends full at the methods reached, not at a fraction of the list.
+                bar.total = position + 1
+                bar.set_postfix_str(f"{method}: fits to stop_rmse")
+                break
+        finally:
+            bar.update(1)
     bar.close()
 
     if not candidates:

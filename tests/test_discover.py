@@ -47,3 +47,14 @@ def test_network_method_recorded():
 
 def test_methods_listed_in_order():
     assert METHODS[:4] == ("power_law", "power_law_group", "separable_product", "factored_sum")
+
+
+def test_progress_bar_ends_full_on_early_stop(capsys):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1, 2, size=(200, 2))
+    data = _dataset(x, x[:, 0] * x[:, 1] ** 2)
+    result = discover(data, ["a", "b"], methods=("power_law", "additive", "multiplicative"), stop_rmse=1e-6, progress=True)
+    assert result.method == "power_law"
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "100%" in bar
+    assert "1/1" in bar
