@@ -199,7 +199,8 @@ class KANRegressor(RegressorMixin, BaseEstimator):
             history["prune"] = model.fit(dataset, lamb=0.0, update_grid=self.update_grid, **training)
         formula = None
         if self.symbolic:
-            model.auto_symbolic(self.lib, selection=self.selection)
+            # score() reports how well the formula fits, so weak edges need no warning here.
+            model.auto_symbolic(self.lib, selection=self.selection, warn_weak=False)
             history["symbolic"] = model.fit(dataset, lamb=0.0, update_grid=False, **training)
             formulas = model.symbolic_formula(numeric_edges="function")
             formula = formulas[0] if y.ndim == 1 else list(formulas)

@@ -235,7 +235,10 @@ def test_selection_passed_to_auto_symbolic(monkeypatch):
     X, y = _product_data(60, seed=0)
     KANRegressor(steps=2, symbolic=True, lib=("x", "x^2"), selection="simplest").fit(X, y)
     KANRegressor(steps=2, symbolic=True, lib=("x", "x^2")).fit(X, y)
-    assert received == [(("x", "x^2"), {"selection": "simplest"}), (("x", "x^2"), {"selection": "score"})]
+    assert received == [
+        (("x", "x^2"), {"selection": "simplest", "warn_weak": False}),
+        (("x", "x^2"), {"selection": "score", "warn_weak": False}),
+    ]
 
 
 def test_selection_in_params_and_clone():

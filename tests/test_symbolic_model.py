@@ -1,6 +1,7 @@
 """Symbolic edges on a model: fixing, auto_symbolic, formulas against the forward pass."""
 
 import math
+import warnings
 
 import pytest
 import sympy
@@ -8,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multkan import InvalidParameterError, MultKAN, SymbolicError, create_dataset
+from multkan import InvalidParameterError, MultKAN, SymbolicError, SymbolicFitWarning, create_dataset
 from multkan.symbolic.formula import formula_error, snap_value
 
 
@@ -102,7 +103,7 @@ def test_domain_respected_for_sqrt_and_log():
     data = create_dataset(lambda x: x[:, 0] ** 2 + 0.3 * x[:, 0], n_var=1, train_num=200, test_num=50, seed=1)
     model = MultKAN([1, 1], grid=5, seed=0)
     model.fit(data, steps=10, progress=False)
-    report = model.auto_symbolic(["x", "sqrt", "log"])
+    report = model.auto_symbolic(["x", "sqrt", "log"], warn_weak=False)
     a, b, _, _ = report[0].params
     if report[0].name in ("sqrt", "log"):
         low, high = sorted((a * -1 + b, a * 1 + b))
@@ -213,7 +214,7 @@ def test_auto_symbolic_parameters_finite_on_deep_model():
         warnings.simplefilter("ignore", MultKANWarning)
         pruned = model.prune()
     library = ["x", "x^2", "x^3", "exp", "log", "sqrt", "1/x", "sin", "tanh", "0"]
-    report = pruned.auto_symbolic(library)
+    report = pruned.auto_symbolic(library, warn_weak=False)
     assert report
     for record in report:
         assert all(math.isfinite(v) for v in record.params)
@@ -306,7 +307,8 @@ def test_chain_collapse_can_be_turned_off():
     data = create_dataset(lambda x: torch.sin(3 * x[:, 0]), n_var=1, seed=0)
     model = MultKAN([1, 1, 1], grid=5, seed=4)
     model.fit(data, steps=50, progress=False)
-    report = model.copy().auto_symbolic(lib=["x", "x^2", "sin", "0"], collapse_chains=False)
+    with pytest.warns(SymbolicFitWarning, match=r"snapped with r2 below 0.99"):
+        report = model.copy().auto_symbolic(lib=["x", "x^2", "sin", "0"], collapse_chains=False)
     assert len(report) == 2
     collapsed = model.copy().auto_symbolic(lib=["x", "x^2", "sin", "0"])
     assert [r.name for r in collapsed] == ["sin", "x"]
@@ -320,3 +322,16 @@ def test_chain_needs_one_edge_in_and_out():
     assert _chains(MultKAN([2, 1, 1], seed=0)) == []
     assert _chains(MultKAN([1, 1, 2], seed=0)) == []
     assert _chains(MultKAN([1, [0, 2], 1], seed=0)) == []
+
+
+def test_weak_snaps_are_named_in_a_warning():
+    data = create_dataset(lambda x: torch.sin(3 * x[:, 0]), n_var=1, seed=0)
+    model = MultKAN([1, 1], grid=5, seed=0)
+    model.fit(data, steps=20, progress=False)
+    with pytest.warns(SymbolicFitWarning, match=r"1 edges were snapped with r2 below 0.99, .*\[\(\(0, 0, 0\), 'x', 0\.\d+\)\]"):
+        report = model.copy().auto_symbolic(lib=["x", "0"])
+    assert report[0].r2 < 0.99
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.copy().auto_symbolic(lib=["x", "0"], warn_weak=False)
+        model.copy().auto_symbolic(lib=["x", "sin"])

@@ -195,6 +195,9 @@ def _active_spline_edges(model: MultKAN, layer: int) -> list[EdgeId]:
     return [EdgeId(layer, int(i), int(j)) for i, j in mask.nonzero().tolist()]
 
 
+# auto_symbolic warns about snapped edges whose fit has a lower r2.
+WEAK_R2 = 0.99
+
 # A chain collapses into one function only when that function fits the
 # chain's output at least this well (see auto_symbolic).
 CHAIN_R2 = 0.9999
@@ -287,6 +290,7 @@ def auto_symbolic(
     selection: str = "score",
     r2_factor: float = 10.0,
     collapse_chains: bool = True,
+    warn_weak: bool = True,
 ) -> list[EdgeFit]:
     """Snap every active spline edge to its best-ranked library function.
 
@@ -312,7 +316,9 @@ def auto_symbolic(
     vectorised call on the inputs that the already snapped layers produce,
     so later layers see the symbolic functions of earlier ones. An edge
     with no candidate above ``r2_threshold`` keeps its spline and a
-    :class:`~multkan.errors.SymbolicFitWarning` names it.
+    :class:`~multkan.errors.SymbolicFitWarning` names it. With
+    ``warn_weak``, another one names the edges snapped with r2 below
+    ``WEAK_R2`` (0.99), whose functions may not match the splines.
 
     Returns
     -------
@@ -345,12 +351,21 @@ def auto_symbolic(
             _set_edge_function(model, edge, function.name, params)
             report.append(EdgeFit(edge, function.name, params, float(fit.r2[row, best]), function.complexity, float(ranking.score[row, best])))
 
-    if unfitted:
-        import warnings
+    import warnings
 
+    if unfitted:
         warnings.warn(
             f"{len(unfitted)} edges kept their splines because no candidate reached r2 >= {r2_threshold}: "
             f"{[tuple(e) for e in unfitted]}. Lower r2_threshold or extend the library.",
+            SymbolicFitWarning,
+            stacklevel=2,
+        )
+    weak = [(tuple(record.edge), record.name, round(record.r2, 4)) for record in report if record.r2 < WEAK_R2]
+    if weak and warn_weak:
+        warnings.warn(
+            f"{len(weak)} edges were snapped with r2 below {WEAK_R2}, so the formula may not match the network: {weak}. "
+            "Check the candidates with suggest_symbolic(edge), train longer or refine the grid before snapping, "
+            "or pass warn_weak=False.",
             SymbolicFitWarning,
             stacklevel=2,
         )
