@@ -15,7 +15,7 @@ import networkx as nx
 import numpy as np
 import sympy
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from multkan import MultKAN
@@ -289,6 +289,11 @@ def test_two_layer_formula_equals_forward(structure, seed, data):
     _make_symbolic(model, edges, names, seed)
     _random_node_affines(model, seed)
     x = _inputs(model, 40, seed, -1.0, 1.0)
+    # Random compositions such as exp(cosh(...)) can reach 1e300, where the two
+    # orders of evaluation differ by more than rounding; such draws are skipped.
+    with torch.no_grad():
+        records = model.activations(x)
+    assume(all(float(record[key].abs().max()) < 1e100 for record in records for key in ("edges", "outputs")))
 
     # sympy and torch evaluate the same float64 operations in a different order,
     # so only rounding separates them.
