@@ -124,7 +124,7 @@ def test_cubic_minimiser(points, expected):
     assert _cubic_minimiser(*points, -10.0, 10.0) == pytest.approx(expected, rel=1e-12)
 
 
-def test_cubic_minimiser_clips_and_falls_back_to_the_middle():
+def test_cubic_minimiser_edge_cases():
     assert _cubic_minimiser(0.0, 1.0, -2.0, 3.0, 4.0, 4.0, 2.0, 5.0) == 2.0
     # d1 = -0.4, so d1^2 < g1 g2: no turning point.
     assert _cubic_minimiser(0.0, 0.0, 1.0, 1.0, 0.8, 1.0, 0.0, 4.0) == 2.0

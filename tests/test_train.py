@@ -117,7 +117,8 @@ def test_guard_stops_on_non_finite_predictions():
     with pytest.warns(NonFiniteLossWarning, match=r"stopped at step 0: .*Lower lr or lamb\.$"):
         history = model.fit(data, opt="Adam", lr=1e20, steps=5, progress=False)
     assert history["stopped_at"] == 0
-    assert history["train_loss"] == [] and history["test_loss"] == []
+    assert history["train_loss"] == []
+    assert history["test_loss"] == []
     with torch.no_grad():
         assert torch.isfinite(model(x)).all()
     # Step 0 began with a grid update, so its start differs from the initial state only in grid and coefficients.
