@@ -7,18 +7,30 @@ import pytest
 import torch
 
 from multkan import InvalidParameterError, MultKAN, create_dataset
-from multkan.nn._layer import UNIFORM_LOCAL_MIN, _FusedSplineLayer, _mult_nodes, _MultNodes, _unfused_sums
+from multkan.nn._layer import UNIFORM_LOCAL_MIN, _all_functions_exist, _FusedSplineLayer, _mult_nodes, _MultNodes, _unfused_sums
 
 
-def _layer_inputs(k, base_fun, seed=0):
+def _layer_inputs(k, base_fun, seed=0, inside=False):
+    """Return a layer on the grid range [-1, 1] and 40 rows, beyond the extended knots or, with ``inside``, within [-1, 1)."""
     model = MultKAN([3, 4, 2], grid=5, k=k, base_fun=base_fun, dtype=torch.float64, seed=seed)
     layer = model.layers[0]
     with torch.no_grad():
         layer.spline_mask[0, 1] = 0.0
     generator = torch.Generator().manual_seed(seed)
-    # Points beyond the extended knots (|x| > 1.6) check the zero basis there.
-    x = torch.rand(40, 3, generator=generator, dtype=torch.float64) * 4 - 2
+    if inside:
+        # Every point has all k + 1 of its basis functions, so the local evaluation skips its mask.
+        x = torch.rand(40, 3, generator=generator, dtype=torch.float64) * 2 - 1
+    else:
+        # Points beyond the extended knots (|x| > 1.6) check the zero basis there.
+        x = torch.rand(40, 3, generator=generator, dtype=torch.float64) * 4 - 2
     return layer, x
+
+
+def _mask_skipped(layer, x, k):
+    """Return whether the local evaluation of ``layer`` on ``x`` takes its path without the mask."""
+    offset, inverse_step, _, _, last = layer._spline_constants().uniform
+    start = torch.addcmul(offset, x.T, inverse_step).floor().clamp(-1.0, last)
+    return _all_functions_exist(start, k, layer.coef.shape[-1])
 
 
 def _fused(layer, k, base_fun, local):
@@ -46,6 +58,25 @@ def test_fused_layer_gradcheck(k, base_fun, local):
     assert torch.autograd.gradcheck(_fused(layer, k, base_fun, local), _leaves(layer, x))
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_local_layer_inside_range_gradcheck(k):
+    layer, x = _layer_inputs(k, "silu", seed=k, inside=True)
+    assert _mask_skipped(layer, x, k)
+    assert torch.autograd.gradcheck(_fused(layer, k, "silu", True), _leaves(layer, x))
+
+
+def test_mask_kept_for_points_near_the_ends():
+    layer, x = _layer_inputs(3, "silu", inside=True)
+    assert _mask_skipped(layer, x, 3)
+    # [t_2, t_3) = [-1.4, -1.0): B_{-1} would be needed there, which does not exist.
+    x[5, 1] = -1.2
+    assert not _mask_skipped(layer, x, 3)
+    x[5, 1] = 0.999
+    assert _mask_skipped(layer, x, 3)
+    x[5, 1] = 1.0
+    assert not _mask_skipped(layer, x, 3)
+
+
 @pytest.mark.parametrize("local", [False, True])
 @pytest.mark.parametrize("k", [2, 3])
 def test_fused_layer_gradgradcheck(k, local):
@@ -53,13 +84,16 @@ def test_fused_layer_gradgradcheck(k, local):
     assert torch.autograd.gradgradcheck(_fused(layer, k, "silu", local), _leaves(layer, x))
 
 
+@pytest.mark.parametrize("inside", [False, True])
 @pytest.mark.parametrize("local", [False, True])
 @pytest.mark.parametrize("k", [0, 1, 2, 3, 5])
 @pytest.mark.parametrize("base_fun", ["silu", "identity", "zero"])
-def test_fused_layer_matches_unfused(k, base_fun, local):
+def test_fused_layer_matches_unfused(k, base_fun, local, inside):
     if local and k == 0:
         pytest.skip("order 0 has no local evaluation")
-    layer, x = _layer_inputs(k, base_fun, seed=k)
+    layer, x = _layer_inputs(k, base_fun, seed=k, inside=inside)
+    if local:
+        assert _mask_skipped(layer, x, k) == inside
     fused_inputs = _leaves(layer, x)
     plain_inputs = _leaves(layer, x)
     fused = _fused(layer, k, base_fun, local)(*fused_inputs)

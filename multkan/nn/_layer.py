@@ -148,7 +148,8 @@ def _uniform_local_rows(inputs, k, uniform, values, with_derivative):
     u = scaled - start
     # NaN inputs take the interval past the last knot, where no function
     # exists, and reach the sums as NaN * 0 = NaN.
-    interval = start.nan_to_num_(nan=last).clamp_(-1.0, last).long()
+    start = start.nan_to_num_(nan=last).clamp_(-1.0, last)
+    interval = start.long()
     powers = [torch.ones_like(u), u]
     for _ in range(k - 1):
         powers.append(powers[-1] * u)
@@ -158,6 +159,15 @@ def _uniform_local_rows(inputs, k, uniform, values, with_derivative):
     # of a 2-core AMD EPYC). Its slices also keep the layout of ``values``.
     local = torch.bmm(pieces.expand(inputs.shape[0], -1, -1), torch.stack(powers, dim=1))
     position = interval.unsqueeze(1) + ranks
+    if _all_functions_exist(start, k, n_basis):
+        # Every point lies in [t_k, t_{n_basis}), the usual case for inputs
+        # inside the grid range, so no function needs zeroing. On one thread
+        # of a 2-core AMD EPYC (10 inputs, G 10, 3000 rows) the mask took
+        # 123 us of a 0.5 ms basis evaluation.
+        values.zero_().scatter_(1, position, local[:, : k + 1])
+        if not with_derivative:
+            return position, None
+        return position, local[:, k + 1 :] * inverse_step.unsqueeze(-1)
     exists = ((position >= 0) & (position < n_basis)).to(values.dtype)
     # Clamped indices of missing functions may meet a real one, so the zeroed values are added, not written.
     index = position.clamp_(0, n_basis - 1)
@@ -166,6 +176,19 @@ def _uniform_local_rows(inputs, k, uniform, values, with_derivative):
         return index, None
     # dB/dx = (dB/du) / h, with h per input.
     return index, local[:, k + 1 :] * (exists * inverse_step.unsqueeze(-1))
+
+
+def _all_functions_exist(interval: torch.Tensor, k: int, n_basis: int) -> bool:
+    """Return whether every point's ``k + 1`` functions ``B_{mu-k} .. B_mu`` have indices in ``[0, n_basis)``.
+
+    ``interval`` holds the interval indices ``mu`` as floating-point numbers.
+
+    Checked on the CPU only, where reading the answer costs no device synchronisation.
+    """
+    if interval.device.type != "cpu" or interval.numel() == 0:
+        return False
+    low, high = torch.aminmax(interval)
+    return int(low) >= k and int(high) <= n_basis - 1
 
 
 # Equally spaced grids take the local evaluation when n_in * batch * n_knots
