@@ -198,3 +198,23 @@ def test_logged_losses_match_forward():
         train = torch.sqrt(torch.mean((model(x) - y) ** 2))
     assert history["test_loss"][-1] == pytest.approx(float(test), rel=1e-12)
     assert history["train_loss"][-1] == pytest.approx(float(train), rel=1e-12)
+
+
+def test_reused_feature_memory_keeps_each_evaluation_separate():
+    model = MultKAN([2, 4, 3, 1], grid=5, k=3, dtype=torch.float64, seed=0)
+    _perturb(model)
+    objective = DirectObjective(model)
+    (x, y), (other, other_y) = _data(50, 2, 1), _data(50, 2, 1, seed=3)
+    with torch.no_grad():
+        expected = model(other)
+    first = objective.predict(other)
+    for inputs, labels in ((x, y), (other, other_y), (x, y)):
+        _assert_same(model, inputs, labels, objective)
+        # Rows of the same shape without the backward pass's records, between two evaluations.
+        torch.testing.assert_close(objective.predict(other), expected, rtol=1e-12, atol=1e-14)
+    # A returned prediction does not share the reused memory.
+    torch.testing.assert_close(first, expected, rtol=1e-12, atol=1e-14)
+    assert 0 < len(objective._buffers) <= 4
+    for n_rows in range(3, 40):
+        objective.predict(_data(n_rows, 2, 1)[0])
+    assert len(objective._buffers) <= 4 * len(model.layers)

@@ -13,7 +13,11 @@ gradient into ``parameter.grad`` once.
 
 The features of the first layer depend only on the inputs and the grid,
 not on any parameter, so they are kept between evaluations while the
-inputs and the grid are unchanged (full-batch training).
+inputs and the grid are unchanged (full-batch training). The feature
+tensors of the later layers are written into the same memory at every
+evaluation of the same shape: a fresh allocation of a few MiB costs a page
+fault per 4 KiB whenever the C library has returned the memory to the
+system.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ __all__ = ["DirectObjective"]
 # First-layer features are kept for this many input tensors: the training
 # and the test rows of a fit.
 CACHED_INPUTS = 2
+# Feature tensors kept per layer for reuse: training and test rows, with and
+# without the backward pass's records.
+BUFFERS_PER_LAYER = 4
 
 
 class DirectObjective:
@@ -43,6 +50,9 @@ class DirectObjective:
         self.padded = [len({len(o) for o in layer.operands}) > 1 for layer in self.layers]
         # (inputs, version, grid constants, dense, features) by id(inputs).
         self._first: dict[int, tuple] = {}
+        # Feature tensors of the later layers, reused between evaluations by
+        # (layer, whether the backward pass keeps them, shape, dtype, device).
+        self._buffers: dict[tuple, torch.Tensor] = {}
 
     @staticmethod
     def supports(model: torch.nn.Module, loss_kind: str, lamb: float) -> bool:
@@ -84,7 +94,16 @@ class DirectObjective:
             if position == 0:
                 features, derivative = self._first_features(layer, values, constants), None
             else:
-                features, derivative = _fused_features(values, layer.coef.shape[-1], constants, layer.k, layer.base_fun, keep)
+                n_basis = layer.coef.shape[-1]
+                shape = (values.shape[1], n_basis + 1, values.shape[0])
+                key = (position, keep, shape, values.dtype, values.device)
+                buffer = self._buffers.get(key)
+                if buffer is None:
+                    if len(self._buffers) >= BUFFERS_PER_LAYER * len(self.layers):
+                        # Many batch shapes (mini-batches of varying size, chunked evaluation): start over.
+                        self._buffers.clear()
+                    buffer = self._buffers[key] = values.new_empty(shape)
+                features, derivative = _fused_features(values, n_basis, constants, layer.k, layer.base_fun, keep, out=buffer)
             sums, weights, spline_weight = _fused_product(features, layer.coef, layer.scale_sp, layer.scale_base, layer.spline_mask)
             if layer.operands:
                 values, nodes, operands = _mult_nodes(sums, layer.node_scale, layer.node_bias, layer.operand_index, layer.n_sum, self.padded[position])

@@ -75,8 +75,12 @@ def _fused_sums(x, coef, scale_sp, scale_base, spline_mask, constants, k, base_f
     return sums, features, derivative, weights, spline_weight
 
 
-def _fused_features(x, n_basis, constants, k, base_fun, with_derivative):
+def _fused_features(x, n_basis, constants, k, base_fun, with_derivative, out=None):
     """Return the features of the fused product and, with ``with_derivative``, their derivative (None otherwise).
+
+    ``out``, a contiguous tensor of the features' shape, dtype and device,
+    receives the features when given (reused memory avoids page faults on
+    fresh allocations in training loops).
 
     The features of input ``i`` are ``B_0(x_i), ..., B_{n_basis-1}(x_i), b(x_i)``,
     stored input-major as (n_in, n_basis + 1, batch), so one matrix product
@@ -92,7 +96,7 @@ def _fused_features(x, n_basis, constants, k, base_fun, with_derivative):
     n_basis) layout. Equally spaced knots take :func:`_uniform_local_rows`.
     """
     batch, n_in = x.shape
-    features = x.new_empty(n_in, n_basis + 1, batch)
+    features = x.new_empty(n_in, n_basis + 1, batch) if out is None else out
     inputs = x.T.contiguous()
     if constants.uniform is not None:
         # The derivative is (index, slopes, base slope): the k + 1 non-zero
