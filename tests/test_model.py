@@ -156,3 +156,15 @@ def test_width_property_round_trips():
     model = MultKAN([2, [3, 2], 1], mult_arity=3)
     assert model.width == [2, [3, 2], 1]
     assert model.mult_arity == [[], [3, 3], []]
+
+
+@pytest.mark.parametrize("grid", [5, 30])
+def test_forward_and_backward_on_meta_device(grid):
+    # Shape inference without memory: no step may read a tensor's values.
+    model = MultKAN([2, [1, 1], 1], grid=grid, k=3, device="meta")
+    x = torch.zeros(4, 2, device="meta", requires_grad=True)
+    y = model(x)
+    assert (y.shape, y.device.type) == ((4, 1), "meta")
+    y.sum().backward()
+    assert model.layers[0].coef.grad.shape == model.layers[0].coef.shape
+    assert x.grad.shape == (4, 2)

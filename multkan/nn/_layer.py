@@ -476,7 +476,8 @@ class _SplineConstants(NamedTuple):
 
 def _uniform_constants(grid: torch.Tensor, k: int) -> tuple | None:
     """Return the constants of :func:`_uniform_local_rows`, or None when the knots are not equally spaced."""
-    if k < 1 or grid.requires_grad:
+    if k < 1 or grid.requires_grad or grid.device.type == "meta":
+        # A grid on the meta device has no values to compare; it takes the dense path.
         return None
     n_knots = grid.shape[-1]
     step = (grid[:, -1:] - grid[:, :1]) / (n_knots - 1)
