@@ -3,6 +3,8 @@
 Every function application ``f(k*g + b)`` becomes one symbolic edge
 ``c*f(a*x + b) + d`` from the node computing ``g``. Every sum becomes a sum
 node and every product of two or more non-constant factors a mult node.
+An integer power beyond the library's (``x**7``) becomes a mult node of two
+powers (``x**3 * x**4``), split again until each is in the library.
 Values needed further up are carried by identity edges through
 intermediate sum nodes, so the graph stays layered. The compiled network
 computes the expression exactly (up to floating-point rounding) and can be
@@ -121,13 +123,20 @@ class _Builder:
         if expression.is_Add:
             node = self._sum(expression)
         elif expression.is_Mul and len(_factors(expression)[1]) >= 2:
-            node = self._product(expression)
+            node = self._product(*_factors(expression))
+        elif _is_split_power(expression):
+            # x**n outside the library: a mult node of two powers whose exponents add up to n.
+            first = expression.exp // 2 if expression.exp > 0 else -((-expression.exp) // 2)
+            base = expression.base
+            node = self._product(sympy.Integer(1), [base**first, base ** (expression.exp - first)])
         else:
-            name, inner, a, b = _as_function(expression)
+            # f(a*g + b), or c*f(a*g + b) for a constant c (pi*x, -sin(x)): one edge.
+            coefficient, term = _split_coefficient(expression) if expression.is_Mul else (sympy.Integer(1), expression)
+            name, inner, a, b = _as_function(term)
             level = self.level[self.node(inner)] + 1
             node = self._new_sum(level)
             source = self.carry(self.node(inner), level - 1)
-            self._edge(source, node, name, (a, b, 1.0, 0.0))
+            self._edge(source, node, name, (a, b, float(coefficient), 0.0))
         self.cache[expression] = node
         return node
 
@@ -164,8 +173,7 @@ class _Builder:
         _, inner, _, _ = _as_function(term)
         return self.level[self.node(inner)] + 1
 
-    def _product(self, expression: sympy.Expr) -> str:
-        coefficient, factors = _factors(expression)
+    def _product(self, coefficient: sympy.Expr, factors: list[sympy.Expr]) -> str:
         level = max(self._term_level(factor) for factor in factors)
         self.counter += 1
         mult = f"L{level}:m{self.counter}"
@@ -218,9 +226,18 @@ def _factors(expression: sympy.Expr) -> tuple[sympy.Expr, list[sympy.Expr]]:
     return coefficient, list(sympy.Mul.make_args(rest))
 
 
+def _is_split_power(term: sympy.Expr) -> bool:
+    """Return whether ``term`` is an integer power beyond the library's, compiled as a product of two powers."""
+    return bool(term.is_Pow and term.exp.is_Integer and term.exp not in POWER_NAMES and abs(term.exp) > 1)
+
+
 def _as_function(term: sympy.Expr) -> tuple[str, sympy.Expr, float, float]:
-    """Split ``term`` into ``(library name, inner expression, a, b)`` with ``term = f(a*inner + b)``."""
-    if term.is_Symbol or term.is_Add or (term.is_Mul and len(_factors(term)[1]) >= 2):
+    """Split ``term`` into ``(library name, inner expression, a, b)`` with ``term = f(a*inner + b)``.
+
+    Terms that need a node of their own (sums, products, large integer
+    powers) come back as the identity of themselves.
+    """
+    if term.is_Symbol or term.is_Add or (term.is_Mul and len(_factors(term)[1]) >= 2) or _is_split_power(term):
         return "x", term, 1.0, 0.0
     if term.is_Pow and term.exp in POWER_NAMES:
         name, argument = POWER_NAMES[term.exp], term.base

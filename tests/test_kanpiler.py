@@ -37,6 +37,18 @@ def test_one_input_used_twice():
         ("sqrt(x)*exp(-y/2)/(1 + z**2)", 0.5, 2.0),
         ("q1*q2/(4*pi*r**2)", 1.0, 2.0),
         ("x*sin(y) + cos(x*y)", -1.0, 1.0),
+        # A constant times one function or variable (C01-style inputs that once failed to compile).
+        ("pi*x", -1.0, 1.0),
+        ("-x", -1.0, 1.0),
+        ("-sin(x)", -1.0, 1.0),
+        ("exp(-x**2/2)/sqrt(2*pi)", -2.0, 2.0),
+        ("sin(-x) + cos(x)**6", -1.0, 1.0),
+        # Integer powers beyond the library: products of two powers.
+        ("x**7", -1.2, 1.2),
+        ("x**12", -1.1, 1.1),
+        ("y/x**7", 0.5, 2.0),
+        ("-1/x**9", 0.8, 1.5),
+        ("2*(x + y)**7", -0.6, 0.6),
     ],
 )
 def test_compiled_network_matches_expression(text, low, high):
@@ -54,10 +66,26 @@ def test_formula_round_trip():
     assert sympy.simplify(formula - expression) == 0
 
 
+@pytest.mark.parametrize(
+    "text, mult_nodes",
+    [("-x", 0), ("-2*sin(3*x)", 0), ("x**7", 1), ("x**12", 2), ("-x*y**6", 2)],
+)
+def test_coefficients_and_large_powers_round_trip(text, mult_nodes):
+    expression = sympy.sympify(text)
+    symbols = sorted(expression.free_symbols, key=lambda s: s.name)
+    model = kanpile(expression, symbols, dtype=torch.float64)
+    formula = model.symbolic_formula([s.name for s in symbols])[0]
+    formula = formula.subs({s: sympy.Symbol(s.name) for s in formula.free_symbols})
+    assert sympy.simplify(sympy.nsimplify(formula) - expression) == 0
+    assert sum(len(layer.operands) for layer in model.layers) == mult_nodes
+
+
 def test_unsupported_function_raises():
     x = sympy.Symbol("x")
     with pytest.raises(InvalidParameterError, match="cannot compile"):
         kanpile(sympy.gamma(x), [x])
+    with pytest.raises(InvalidParameterError, match="cannot compile x\\*\\*pi"):
+        kanpile(x**sympy.pi, [x])
 
 
 def test_missing_variable_raises():
