@@ -45,7 +45,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 
 from .compile import CompileOptions, write_back
-from .errors import CheckpointError, GraphError, SymbolicError, invalid_parameter
+from .errors import CheckpointError, GraphError, InvalidParameterError, SymbolicError, invalid_parameter
 from .graph import graph_from_json, graph_to_json
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save", "load"]
@@ -96,7 +96,12 @@ def save(model, path: str | os.PathLike) -> None:
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot save the model to {path}: the folder {folder} does not exist")
 
-    tensors = {name: value.detach().to("cpu").contiguous().clone() for name, value in model.state_dict().items()}
+    # The layers' extra state (symbolic function names, knot layout) is in the graph and the 'layers' metadata.
+    tensors = {
+        name: value.detach().to("cpu").contiguous().clone()
+        for name, value in model.state_dict().items()
+        if not _is_extra_state(name)
+    }
     metadata = _model_metadata(model)
     metadata["sha256"] = _checksum(tensors, metadata)
     _write_atomically(tensors, metadata, path)
@@ -373,8 +378,16 @@ def _build_model(metadata: Mapping[str, str], path: str, device: torch.device):
     return model
 
 
+def _is_extra_state(name: str) -> bool:
+    """Return whether a ``state_dict`` key holds a module's extra state rather than a parameter or buffer."""
+    return name.rsplit(".", 1)[-1] == "_extra_state"
+
+
 def _load_tensors(model, tensors: Mapping[str, torch.Tensor], path: str) -> None:
-    expected = model.state_dict()
+    state = model.state_dict()
+    # The model was built from the saved graph, so its extra state is the saved one.
+    extra = {name: value for name, value in state.items() if _is_extra_state(name)}
+    expected = {name: value for name, value in state.items() if not _is_extra_state(name)}
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise CheckpointError(f"invalid model file {path}: missing tensors {missing}")
@@ -388,16 +401,12 @@ def _load_tensors(model, tensors: Mapping[str, torch.Tensor], path: str) -> None
                 f"invalid model file {path}: tensor {name!r} has shape {tuple(stored.shape)} and dtype {stored.dtype}, "
                 f"the saved graph needs shape {tuple(reference.shape)} and dtype {reference.dtype}"
             )
-    with torch.no_grad():
-        model.load_state_dict(tensors, strict=True)
-
-    for position, layer in enumerate(model.layers):
-        masked = {tuple(index) for index in torch.nonzero(layer.symbolic_mask).tolist()}
-        if masked != set(layer.symbolic_names):
-            raise CheckpointError(
-                f"invalid model file {path}: in layer {position} the symbolic edges of the graph "
-                f"{sorted(layer.symbolic_names)} differ from those of the symbolic_mask tensor {sorted(masked)}"
-            )
+    try:
+        with torch.no_grad():
+            model.load_state_dict({**tensors, **extra}, strict=True)
+    except InvalidParameterError as error:
+        # The load hook compares every layer's symbolic edges with its symbolic_mask tensor.
+        raise CheckpointError(f"invalid model file {path}: the symbolic edges of the graph and the tensors disagree: {error}") from error
 
 
 # Symbolic library.

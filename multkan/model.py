@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .compile import CompileOptions, compile_graph, write_back
-from .errors import InvalidDataError, invalid_parameter
+from .errors import InvalidDataError, InvalidParameterError, invalid_parameter
 from .graph import EdgeId, build_graph, graph_layers
 from .nn._layer import MultKANLayer
 from .splines import extend_grid, fit_coefficients, grid_from_samples, uniform_grid
@@ -169,6 +169,8 @@ class MultKAN(nn.Module):
         layers = compile_graph(graph, options, generator=generator, dtype=dtype, resolve_symbolic=self._resolve_symbolic)
         self.layers = nn.ModuleList(layers)
         self.to(dtype=dtype, device=device)
+        # Also runs when the model is a submodule of the module being loaded.
+        self.register_load_state_dict_post_hook(_resolve_loaded_symbolic)
 
     # Structure.
 
@@ -575,3 +577,28 @@ def _replace(options: CompileOptions, **changes) -> CompileOptions:
     from dataclasses import replace
 
     return replace(options, **changes)
+
+
+def _resolve_loaded_symbolic(model: MultKAN, incompatible_keys) -> None:
+    """After ``load_state_dict``, look up the function of every symbolic edge in the model's library.
+
+    The state holds each edge's function by name (see
+    :meth:`MultKANLayer.get_extra_state`). Raises
+    :class:`~multkan.errors.InvalidParameterError` when a name is not in
+    the library or the symbolic edges disagree with ``symbolic_mask``.
+    """
+    for position, layer in enumerate(model.layers):
+        unknown = sorted({name for name in layer.symbolic_names.values() if name not in model.library})
+        if unknown:
+            raise InvalidParameterError(
+                f"invalid state_dict: layer {position} has symbolic edges with functions {unknown} that are not in "
+                "model.library; add them with model.library.add(...) and load the state again"
+            )
+        masked = {tuple(index) for index in torch.nonzero(layer.symbolic_mask).tolist()}
+        if masked != set(layer.symbolic_names):
+            raise InvalidParameterError(
+                f"invalid state_dict: in layer {position} the symbolic edges {sorted(layer.symbolic_names)} "
+                f"differ from those of the symbolic_mask tensor {sorted(masked)}"
+            )
+        layer.symbolic_functions = {name: model._resolve_symbolic(name) for name in set(layer.symbolic_names.values())}
+

@@ -528,3 +528,96 @@ def test_crafted_sympy_form_rejected(tmp_path, form):
     with pytest.raises(CheckpointError, match="invalid sympy form"):
         MultKAN.load(path)
     assert not marker.exists()
+
+
+# state_dict and load_state_dict: the function of every symbolic edge travels by name.
+
+
+def _symbolic_model(seed=0):
+    model = MultKAN([2, [1, 1], 1], seed=seed, dtype=torch.float64)
+    _set_symbolic(model, 0, 1, 1, "sin", (2.0, 0.5, 1.5, -0.2))
+    _set_symbolic(model, 1, 0, 0, "exp", (0.5, 0.0, 1.0, 0.0))
+    return model
+
+
+def test_state_dict_carries_symbolic_functions(tmp_path):
+    model = _symbolic_model()
+    x = _inputs(model)
+    # A fresh model of the same width, no symbolic edges and other parameters.
+    fresh = MultKAN([2, [1, 1], 1], seed=1, dtype=torch.float64)
+    result = fresh.load_state_dict(model.state_dict())
+    assert not result.missing_keys and not result.unexpected_keys
+    assert fresh.layers[0].symbolic_names == {(1, 1): "sin"}
+    assert fresh.layers[1].symbolic_names == {(0, 0): "exp"}
+    assert torch.equal(fresh(x), model(x))
+    formula = model.symbolic_formula(numeric_edges="function")[0]
+    assert fresh.symbolic_formula(numeric_edges="function")[0] == formula
+    assert formula.has(sympy.sin) and formula.has(sympy.exp)
+    # Through torch.save and a weights-only torch.load, and with every value a tensor.
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert all(isinstance(value, torch.Tensor) for value in state.values())
+    other = MultKAN([2, [1, 1], 1], seed=2, dtype=torch.float64)
+    other.load_state_dict(state)
+    assert torch.equal(other(x), model(x))
+
+
+def test_state_dict_clears_symbolic_edges_and_restores_the_grid_flag():
+    spline = MultKAN([2, [1, 1], 1], seed=1, dtype=torch.float64)
+    spline.update_grid(_inputs(spline), grid_eps=0.0)
+    assert [layer.uniform for layer in spline.layers] == [False, False]
+    model = _symbolic_model()
+    model.load_state_dict(spline.state_dict())
+    assert all(not layer.symbolic_names for layer in model.layers)
+    assert [layer.uniform for layer in model.layers] == [False, False]
+    x = _inputs(model)
+    assert torch.equal(model(x), spline(x))
+
+
+def test_state_dict_of_a_submodule():
+    class Wrapper(torch.nn.Module):
+        def __init__(self, seed):
+            super().__init__()
+            self.kan = MultKAN([2, [1, 1], 1], seed=seed, dtype=torch.float64)
+
+    source = Wrapper(0)
+    _set_symbolic(source.kan, 0, 1, 1, "tanh", (1.0, 0.0, 2.0, 0.0))
+    target = Wrapper(1)
+    target.load_state_dict(source.state_dict())
+    x = _inputs(source.kan)
+    assert torch.equal(target.kan(x), source.kan(x))
+
+
+def test_state_dict_with_unknown_function_raises():
+    model = _symbolic_model()
+    x_symbol = sympy.Symbol("x")
+    model.library.add(SymbolicFunction.from_sympy("cube", x_symbol**3 + x_symbol, x_symbol))
+    _set_symbolic(model, 0, 0, 0, "cube", (1.0, 0.0, 1.0, 0.0))
+    fresh = MultKAN([2, [1, 1], 1], seed=1, dtype=torch.float64)
+    with pytest.raises(InvalidParameterError, match=r"functions \['cube'\] that are not in model.library"):
+        fresh.load_state_dict(model.state_dict())
+    fresh.library.add(model.library["cube"])
+    fresh.load_state_dict(model.state_dict())
+    x = _inputs(model)
+    assert torch.equal(fresh(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda state: state.update({"layers.0._extra_state": torch.zeros(3)}), "uint8 tensor"),
+        (lambda state: state.update({"layers.0._extra_state": torch.tensor(list(b'{"uniform": true}'), dtype=torch.uint8)}), "JSON object"),
+        (
+            lambda state: state.update(
+                {"layers.0._extra_state": torch.tensor(list(b'{"symbolic_names": [[5, 0, "sin"]], "uniform": true}'), dtype=torch.uint8)}
+            ),
+            "0 <= source < 2",
+        ),
+        (lambda state: state.update({"layers.0.symbolic_mask": torch.zeros_like(state["layers.0.symbolic_mask"])}), "differ from those"),
+    ],
+)
+def test_state_dict_with_invalid_layer_state_raises(change, message):
+    state = _symbolic_model().state_dict()
+    change(state)
+    with pytest.raises(InvalidParameterError, match=message):
+        MultKAN([2, [1, 1], 1], seed=1, dtype=torch.float64).load_state_dict(state)

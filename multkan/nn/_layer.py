@@ -7,12 +7,14 @@ targets (plain sums, then mult operands), ``n_out`` nodes the layer passes on
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from ..errors import InvalidParameterError
 from ..splines import _cox_de_boor, _use_local, bspline_basis, extend_grid, knot_reciprocals, uniform_piece_coefficients
 
 __all__ = ["MultKANLayer", "BASE_FUNCTIONS"]
@@ -672,6 +674,57 @@ class MultKANLayer(nn.Module):
                 self.spline_mask[source, target] = 0.0
                 if affine is not None:
                     self.symbolic_affine[source, target] = torch.as_tensor(affine, dtype=self.symbolic_affine.dtype)
+        self._groups = None
+
+    def get_extra_state(self) -> torch.Tensor:
+        """Return the layer state that no tensor holds, for ``state_dict``.
+
+        That is a JSON object with ``symbolic_names``, a list of ``[source,
+        target, name]`` for every symbolic edge, and ``uniform``, the knot
+        layout flag. It is stored as its UTF-8 bytes in a CPU ``uint8``
+        tensor, so every value of ``state_dict()`` stays a tensor (code that
+        clones, compares or moves all entries keeps working). The functions
+        themselves are not stored: the model looks their names up in its
+        library when the state is loaded.
+        """
+        state = {
+            "symbolic_names": [[source, target, name] for (source, target), name in sorted(self.symbolic_names.items())],
+            "uniform": bool(self.uniform),
+        }
+        return torch.frombuffer(bytearray(json.dumps(state, sort_keys=True).encode()), dtype=torch.uint8).clone()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        """Restore what :meth:`get_extra_state` returned.
+
+        A function already known to the layer under the same name is kept;
+        the model's load hook resolves the others from its library.
+        """
+        try:
+            if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.dim() != 1:
+                raise ValueError("not a 1-D uint8 tensor")
+            decoded = json.loads(bytes(state.cpu().tolist()).decode())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise InvalidParameterError(
+                f"invalid layer state: expected the uint8 tensor of get_extra_state ({error}), received {state!r}"
+            ) from error
+        if not isinstance(decoded, dict) or set(decoded) != {"symbolic_names", "uniform"} or not isinstance(decoded["uniform"], bool):
+            raise InvalidParameterError(
+                "invalid layer state: expected a JSON object with 'symbolic_names' (a list of [source, target, name]) "
+                f"and 'uniform' (a bool), received {decoded!r}"
+            )
+        names: dict[tuple[int, int], str] = {}
+        for entry in decoded["symbolic_names"]:
+            valid = isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], str)
+            valid = valid and all(isinstance(v, int) and not isinstance(v, bool) for v in entry[:2])
+            if not valid or not (0 <= entry[0] < self.n_in and 0 <= entry[1] < self.n_sub):
+                raise InvalidParameterError(
+                    f"invalid layer state: symbolic edge {entry!r} is not [source, target, name] with "
+                    f"0 <= source < {self.n_in} and 0 <= target < {self.n_sub}"
+                )
+            names[(entry[0], entry[1])] = entry[2]
+        self.symbolic_names = names
+        self.symbolic_functions = {name: function for name, function in self.symbolic_functions.items() if name in names.values()}
+        self.uniform = decoded["uniform"]
         self._groups = None
 
     def set_zero(self, source: int, target: int) -> None:
