@@ -641,18 +641,28 @@ def _partitions(n_var: int, limit: int) -> list[tuple[tuple[int, ...], tuple[int
 
     ``Q`` is empty or has at least two inputs (one input would be an
     additive term), and a partition with an empty ``R`` and ``Q`` is a plain
-    product, which :func:`separable_product` covers.
+    product, which :func:`separable_product` covers. Assignments of equal
+    ``|S| + |Q|`` come in the lexicographic order of their labels (0 for
+    ``S``, 1 for ``R``, 2 for ``Q``). Only the cost levels up to the
+    ``limit``-th assignment are built, never all ``3**n_var`` of them.
     """
-    found = []
-    for labels in itertools.product(range(3), repeat=n_var):
-        prefactor = tuple(i for i in range(n_var) if labels[i] == 0)
-        additive = tuple(i for i in range(n_var) if labels[i] == 1)
-        product = tuple(i for i in range(n_var) if labels[i] == 2)
-        if len(product) == 1 or not (additive or product):
-            continue
-        found.append((len(prefactor) + len(product), prefactor, additive, product))
-    found.sort(key=lambda entry: entry[0])
-    return [entry[1:] for entry in found[:limit]]
+    found: list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = []
+    for cost in range(n_var + 1):
+        level = []
+        for outside in itertools.combinations(range(n_var), cost):
+            additive = tuple(i for i in range(n_var) if i not in outside)
+            for size in (0, *range(2, cost + 1)):
+                for product in itertools.combinations(outside, size):
+                    if not (additive or product):
+                        continue
+                    prefactor = tuple(i for i in outside if i not in product)
+                    labels = tuple(0 if i in prefactor else 1 if i in additive else 2 for i in range(n_var))
+                    level.append((labels, (prefactor, additive, product)))
+        level.sort(key=lambda entry: entry[0])
+        found.extend(partition for _, partition in level[: limit - len(found)])
+        if len(found) >= limit:
+            break
+    return found
 
 
 def _fit_factored_sum(x, y, partition, sweeps, tolerance):

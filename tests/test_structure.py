@@ -1,5 +1,7 @@
 """Structure searches: one-dimensional formulas, power law times a group, separable products."""
 
+import itertools
+
 import numpy as np
 import pytest
 import sympy
@@ -7,7 +9,7 @@ import torch
 
 from multkan.discover import discover
 from multkan.feynman import get_equation
-from multkan.structure import factored_sum, fit_univariate, power_law_group, separable_product
+from multkan.structure import _partitions, factored_sum, fit_univariate, power_law_group, separable_product
 
 z = sympy.Symbol("z", positive=True)
 
@@ -121,3 +123,30 @@ def test_discover_group_method_feynman():
     )
     assert result.method == "power_law_group"
     assert result.exact
+
+
+def _partitions_by_brute_force(n_var, limit):
+    """Every labelling of the inputs as prefactor (0), additive (1) or product (2), filtered and stably sorted by cost."""
+    found = []
+    for labels in itertools.product(range(3), repeat=n_var):
+        groups = tuple(tuple(i for i in range(n_var) if labels[i] == label) for label in range(3))
+        if len(groups[2]) == 1 or not (groups[1] or groups[2]):
+            continue
+        found.append((len(groups[0]) + len(groups[2]), groups))
+    found.sort(key=lambda entry: entry[0])
+    return [groups for _, groups in found[:limit]]
+
+
+@pytest.mark.parametrize("n_var", [2, 3, 5, 8])
+@pytest.mark.parametrize("limit", [1, 40, 800])
+def test_factored_sum_partitions_match_brute_force(n_var, limit):
+    assert _partitions(n_var, limit) == _partitions_by_brute_force(n_var, limit)
+
+
+def test_factored_sum_partitions_of_many_inputs_stay_bounded():
+    # 3**40 labellings: only the cheapest cost levels may be built.
+    partitions = _partitions(40, 800)
+    assert len(partitions) == 800
+    costs = [len(prefactor) + len(product) for prefactor, _, product in partitions]
+    assert costs == sorted(costs) and costs[-1] == 2
+    assert all(sorted(p + r + q) == list(range(40)) and len(q) != 1 for p, r, q in partitions)
