@@ -21,6 +21,8 @@ outside the grid.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .errors import InvalidDataError, invalid_parameter
@@ -610,7 +612,7 @@ FIT_CHUNK_ELEMENTS = 2**22
 
 def fit_coefficients(
     x: torch.Tensor,
-    y: torch.Tensor,
+    y: torch.Tensor | Callable[[slice], torch.Tensor],
     grid: torch.Tensor,
     k: int,
     *,
@@ -629,7 +631,10 @@ def fit_coefficients(
     Parameters
     ----------
     x : tensor of shape (batch, n_in)
-    y : tensor of shape (batch, n_in, n_out)
+    y : tensor of shape (batch, n_in, n_out), or a function of a row slice
+        returning the targets of those rows. The normal equations are sums
+        over rows, taken in chunks; a function computes each chunk's targets
+        when it is needed, so the targets of all rows never exist at once.
     grid : tensor of shape (n_in, G + 2k + 1)
     k : int
     ridge : float
@@ -638,22 +643,27 @@ def fit_coefficients(
     Returns
     -------
     tensor of shape (n_in, n_out, G + k)
-        Always finite for finite input.
+        In the dtype of the targets. Always finite for finite input.
     """
+    targets = y if callable(y) else (lambda rows: y[rows])
     grid = grid.double()
     n_in, n_basis = grid.shape[0], grid.shape[-1] - k - 1
     gram = torch.zeros(n_in, n_basis, n_basis, dtype=torch.float64, device=x.device)
-    rhs = torch.zeros(n_in, n_basis, y.shape[-1], dtype=torch.float64, device=x.device)
+    rhs = None
     # The normal equations are sums over samples, so they are accumulated in
     # chunks of about FIT_CHUNK_ELEMENTS basis values: memory stays bounded
     # whatever the number of samples.
     rows = max(1, FIT_CHUNK_ELEMENTS // max(1, n_in * n_basis))
-    for start in range(0, x.shape[0], rows):
-        basis = bspline_basis(x[start : start + rows].double(), grid, k).permute(1, 0, 2)
+    # One pass at least, so no samples give zero coefficients of the right shape.
+    for start in range(0, max(x.shape[0], 1), rows):
+        chunk = slice(start, start + rows)
+        values = targets(chunk)
+        basis = bspline_basis(x[chunk].double(), grid, k).permute(1, 0, 2)
         gram += basis.transpose(1, 2) @ basis
-        rhs += basis.transpose(1, 2) @ y[start : start + rows].double().permute(1, 0, 2)
+        product = basis.transpose(1, 2) @ values.double().permute(1, 0, 2)
+        rhs = product if rhs is None else rhs + product
     scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1)
     eye = torch.eye(n_basis, dtype=gram.dtype, device=gram.device)
     gram = gram + (ridge * scale + 1e-12)[:, None, None] * eye
     solution = torch.linalg.solve(gram, rhs)
-    return solution.permute(0, 2, 1).to(y.dtype).contiguous()
+    return solution.permute(0, 2, 1).to(values.dtype).contiguous()

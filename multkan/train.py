@@ -25,6 +25,9 @@ __all__ = ["fit", "regularization", "prepare_dataset"]
 logger = logging.getLogger(__name__)
 
 EVAL_CHUNK = 4096
+# Bytes of layer features and basis temporaries one chunk of logged-loss
+# evaluation may take, unless the training batch already takes more.
+EVAL_BYTES = 32 * 2**20
 GRID_SAMPLES = 4096
 
 
@@ -174,22 +177,38 @@ def _snapshot(model: MultKAN) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
-@torch.no_grad()
-def _evaluate(model: MultKAN, inputs: torch.Tensor, labels: torch.Tensor, loss: Callable, direct: DirectObjective | None = None) -> float:
-    """Mean loss over ``inputs`` in chunks, so memory does not grow with the rows.
+def evaluation_rows(model: MultKAN, batch_size: int) -> int:
+    """Return the rows per chunk of a logged-loss evaluation.
 
-    With ``direct``, at most EVAL_CHUNK rows are evaluated by
+    A row costs about twice its features in the widest layer (the features
+    and the basis temporaries). Chunks take EVAL_BYTES, or the training
+    batch where that is larger, and at most EVAL_CHUNK rows. So logging the
+    loss on all rows of a wide model (C20: [400, 16, 2], grid 15, k 5, 105
+    KiB per row) needs little more memory than a training step.
+    """
+    itemsize = torch.empty((), dtype=model.dtype).element_size()
+    per_row = max(layer.n_in * (layer.coef.shape[-1] + 2 * layer.k + 3) for layer in model.layers) * itemsize * 2
+    return max(1, min(EVAL_CHUNK, max(batch_size, EVAL_BYTES // per_row)))
+
+
+@torch.no_grad()
+def _evaluate(
+    model: MultKAN, inputs: torch.Tensor, labels: torch.Tensor, loss: Callable, direct: DirectObjective | None = None, chunk_rows: int = EVAL_CHUNK
+) -> float:
+    """Mean loss over ``inputs`` in chunks of ``chunk_rows``, so memory does not grow with the rows.
+
+    With ``direct``, at most ``chunk_rows`` rows are evaluated by
     :meth:`DirectObjective.predict`, which keeps their first-layer features
     for the next evaluation.
     """
     rows = inputs.shape[0]
-    if direct is not None and rows <= EVAL_CHUNK:
+    if direct is not None and rows <= chunk_rows:
         prediction = direct.predict(inputs)
         if prediction is not None:
             return float(loss(prediction, labels))
     total = 0.0
-    for start in range(0, rows, EVAL_CHUNK):
-        chunk = slice(start, start + EVAL_CHUNK)
+    for start in range(0, rows, chunk_rows):
+        chunk = slice(start, start + chunk_rows)
         prediction = model(inputs[chunk])
         total += float(loss(prediction, labels[chunk])) * prediction.shape[0]
     return total / rows
@@ -346,7 +365,7 @@ def _train(
     # The mean squared error and its gradient without autograd, where the
     # layers allow it (see multkan.nn._direct).
     direct = DirectObjective(model) if DirectObjective.supports(model, loss_kind, lamb) else None
-    history = _History(model, data, loss, loss_kind, lamb, objective, direct)
+    history = _History(model, data, loss, loss_kind, lamb, objective, direct, evaluation_rows(model, batch_size))
     # A full-batch step evaluates the objective on all training rows at the
     # parameters of the previous step before it changes them. So the
     # training loss and regulariser of a logged step are taken from the
@@ -485,9 +504,10 @@ class _PendingRecord(NamedTuple):
 class _History:
     """The logged losses of a fit, the last finite parameters and the best logged step."""
 
-    def __init__(self, model, data, loss, loss_kind, lamb, objective, direct=None) -> None:
+    def __init__(self, model, data, loss, loss_kind, lamb, objective, direct=None, eval_rows=EVAL_CHUNK) -> None:
         self.model = model
         self.direct = direct
+        self.eval_rows = eval_rows
         self.data = data
         self.loss = loss
         self.loss_kind = loss_kind
@@ -540,17 +560,17 @@ class _History:
         """Log the step that just finished, or keep it pending until the next step's objective.
 
         With ``defer`` the next step must evaluate the objective on all
-        training rows, at most EVAL_CHUNK of them, before it changes the
+        training rows, at most ``eval_rows`` of them, before it changes the
         parameters. Returns False, and logs nothing, when a loss is not finite.
         """
-        test = self._scale(_evaluate(self.model, self.data["test_input"], self.data["test_label"], self.loss, self.direct))
+        test = self._scale(_evaluate(self.model, self.data["test_input"], self.data["test_label"], self.loss, self.direct, self.eval_rows))
         if not math.isfinite(test):
             return False
         pending = _PendingRecord(step, test, _snapshot(self.model), _uniform_flags(self.model))
         if defer:
             self.pending = pending
             return True
-        train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss, self.direct)
+        train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss, self.direct, self.eval_rows)
         reg = self._reg()
         if not (math.isfinite(train) and math.isfinite(reg)):
             return False
@@ -558,11 +578,12 @@ class _History:
         return True
 
     def _reg(self) -> float:
-        """Return the regulariser on the first EVAL_CHUNK training rows, 0 when lamb is 0."""
+        """Return the regulariser on the first ``eval_rows`` training rows, 0 when lamb is 0."""
         if self.lamb <= 0:
             return 0.0
+        rows = self.eval_rows
         with torch.no_grad():
-            return float(self.objective(self.data["train_input"][:EVAL_CHUNK], self.data["train_label"][:EVAL_CHUNK])[1])
+            return float(self.objective(self.data["train_input"][:rows], self.data["train_label"][:rows])[1])
 
     def complete_pending(self, objective_loss: torch.Tensor | None = None, reg: torch.Tensor | None = None) -> bool:
         """Log the pending step with the objective the model evaluated at its parameters.
@@ -575,7 +596,7 @@ class _History:
         if pending is None:
             return True
         if objective_loss is None:
-            train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss, self.direct)
+            train = _evaluate(self.model, self.data["train_input"], self.data["train_label"], self.loss, self.direct, self.eval_rows)
             reg_value = self._reg()
         else:
             train = float(objective_loss)

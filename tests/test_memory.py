@@ -1,7 +1,9 @@
 """Peak memory of training and evaluation does not grow with the number of training rows.
 
 The case: a ``[400, 16, 2]`` network, grid 15, k 5, trained with Adam on
-batches of 128 rows and evaluated in chunks. tracemalloc does not see
+batches of 128 rows and evaluated in chunks whose size follows the layer
+width (``multkan.train.evaluation_rows``), with grid updates whose forward
+pass is chunked too. tracemalloc does not see
 torch's CPU allocations, so each measurement runs in its own interpreter
 and reads the growth of the peak resident set size (VmHWM in
 ``/proc/self/status``). The baseline is taken after the data are built and
@@ -92,6 +94,8 @@ def _growth_mib(process):
 def test_peak_memory_independent_of_rows():
     # The four interpreters run at once: each measures only its own peak.
     runs = {(rows, mode): _start(rows, mode) for mode in ("fit", "unchunked") for rows in (5_000, 20_000)}
+    # Fewer rows than one chunk of the logged-loss evaluation or the grid update's samples.
+    runs[(1_000, "fit")] = _start(1_000, "fit")
     growth = {key: _growth_mib(process) for key, process in runs.items()}
 
     # The control: one forward pass over all rows needs about 4x more at 4x the rows.
@@ -99,3 +103,6 @@ def test_peak_memory_independent_of_rows():
 
     # Training on batches and evaluating in chunks: the same peak up to allocator noise.
     assert growth[(20_000, "fit")] < 1.15 * growth[(5_000, "fit")] + 16, growth
+    # Chunks sized by the layer width: 1,000 rows need about as much as 20,000
+    # (before, 296 against 463 MiB, from 4096-row chunks of a 105 KiB-per-row layer).
+    assert growth[(20_000, "fit")] < 1.15 * growth[(1_000, "fit")] + 16, growth

@@ -168,3 +168,17 @@ def test_forward_and_backward_on_meta_device(grid):
     y.sum().backward()
     assert model.layers[0].coef.grad.shape == model.layers[0].coef.shape
     assert x.grad.shape == (4, 2)
+
+
+def test_grid_update_forward_in_chunks_matches_one_pass(monkeypatch):
+    import multkan.model
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(500, 3, generator=generator, dtype=torch.float64) * 2 - 1
+    models = []
+    for budget in (multkan.model.GRID_UPDATE_BYTES, 1):
+        # One byte: chunks of one row.
+        monkeypatch.setattr(multkan.model, "GRID_UPDATE_BYTES", budget)
+        models.append(MultKAN([3, 4, 2, 1], grid=5, k=3, seed=0, dtype=torch.float64).update_grid(x, grid_eps=0.0))
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)

@@ -141,3 +141,26 @@ def test_fewer_samples_than_coefficients_is_finite():
     k, grid = 3, uniform_grid(-1.0, 1.0, 20, 3)
     coef = fit_coefficients(torch.tensor([[0.1], [0.7]]), torch.tensor([[[1.0]], [[-1.0]]]), grid, k)
     assert torch.isfinite(coef).all()
+
+
+def test_fit_coefficients_from_a_function_of_rows(monkeypatch):
+    import multkan.splines
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(3000, 3, generator=generator, dtype=torch.float64) * 2 - 1
+    y = torch.sin(3 * x).unsqueeze(-1).expand(-1, -1, 2) * torch.tensor([1.0, -2.0], dtype=torch.float64)
+    grid = extend_grid(torch.linspace(-1, 1, 8, dtype=torch.float64).expand(3, -1), 3)
+    calls = []
+
+    def targets(rows):
+        calls.append(rows)
+        return y[rows]
+
+    expected = fit_coefficients(x, y, grid, 3)
+    # 3 inputs * 10 basis functions: chunks of 100 rows.
+    monkeypatch.setattr(multkan.splines, "FIT_CHUNK_ELEMENTS", 3000)
+    torch.testing.assert_close(fit_coefficients(x, targets, grid, 3), expected, rtol=1e-12, atol=1e-12)
+    assert len(calls) == 30 and sum(len(range(3000)[rows]) for rows in calls) == 3000
+    # No samples: zero coefficients of the right shape.
+    empty = fit_coefficients(x[:0], y[:0], grid, 3)
+    assert empty.shape == (3, 2, 10) and not empty.any()

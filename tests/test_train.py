@@ -330,3 +330,30 @@ def test_adam_rejects_lr_beyond_dtype():
     data = create_dataset(lambda x: x[:, 0], n_var=1, train_num=20, test_num=5, seed=0)
     with pytest.raises(InvalidParameterError, match=r"invalid lr: expected a positive number below 3\.4e\+37 for Adam on torch\.float32"):
         MultKAN([1, 1], seed=0).fit(data, opt="Adam", lr=1e38, steps=1, progress=False)
+
+
+def test_evaluation_rows_follow_the_layer_width():
+    from multkan.train import EVAL_BYTES, EVAL_CHUNK, evaluation_rows
+
+    assert evaluation_rows(MultKAN([2, 5, 1], grid=5, k=3), 1000) == EVAL_CHUNK
+    wide = MultKAN([400, 16, 2], grid=15, k=5)
+    # 400 inputs * (20 + 2 * 5 + 3) values * 4 bytes * 2 per row.
+    per_row = 400 * 33 * 4 * 2
+    assert evaluation_rows(wide, 128) == EVAL_BYTES // per_row
+    # A training batch larger than the budget sets the chunk, up to EVAL_CHUNK.
+    assert evaluation_rows(wide, 1000) == 1000
+    assert evaluation_rows(wide, 10_000) == EVAL_CHUNK
+
+
+def test_logged_losses_the_same_in_chunks(monkeypatch):
+    import multkan.train
+
+    data = create_dataset(lambda x: x[:, [0]] * x[:, [1]], n_var=2, train_num=300, test_num=200, seed=0)
+    histories = []
+    for budget in (multkan.train.EVAL_BYTES, 1):
+        # A budget of one byte gives chunks of one training batch (64 rows).
+        monkeypatch.setattr(multkan.train, "EVAL_BYTES", budget)
+        model = MultKAN([2, 3, 1], grid=5, k=3, seed=0, dtype=torch.float64)
+        histories.append(model.fit(data, opt="Adam", steps=10, batch=64, lr=0.01, log=5, progress=False))
+    for key in ("train_loss", "test_loss"):
+        assert histories[0][key] == pytest.approx(histories[1][key], rel=1e-12)

@@ -851,10 +851,12 @@ class MultKANLayer(nn.Module):
         from ..splines import fit_coefficients
 
         with torch.no_grad():
-            old = self.spline_edge_values(x)
+            # The old splines' values are computed chunk by chunk inside the
+            # fit, on the old grid, so (batch, n_in, n_sub) values never exist at once.
+            coef = fit_coefficients(x, lambda rows: self.spline_edge_values(x[rows]), new_grid.to(self.grid), self.k)
             self.grid = new_grid.to(self.grid)
             self.uniform = uniform
-            self.coef.copy_(fit_coefficients(x, old, self.grid, self.k))
+            self.coef.copy_(coef)
 
     def extra_repr(self) -> str:
         return f"n_in={self.n_in}, n_sub={self.n_sub}, n_out={self.n_out}, grid={self.grid_size}, k={self.k}"
