@@ -371,8 +371,10 @@ def test_zero_never_beats_good_fit(weight, good_r2, other_r2, good_complexity, s
 def test_rank_score_formula():
     fit = make_fit([[0.999, 0.9]], ("sin", "x"))
     ranking = rank_candidates(fit, {"sin": 2, "x": 1}, weight_simple=0.5, complexity_scale=3.0)
-    expected_sin = math.log10(1 - 0.999) + 0.5 * 2 * 2 / (2 + 3)
-    expected_x = math.log10(1 - 0.9) + 0.5 * 2 * 1 / (1 + 3)
+    floor = 1e-4
+    bound = math.log10((1 + floor) / (0.01 + floor))
+    expected_sin = math.log10(1 - 0.999 + floor) + 0.5 * bound * 2 / (2 + 3)
+    expected_x = math.log10(1 - 0.9 + floor) + 0.5 * bound * 1 / (1 + 3)
     assert ranking.score[0, 0].item() == pytest.approx(expected_sin)
     assert ranking.score[0, 1].item() == pytest.approx(expected_x)
     assert ranking.order[0].tolist() == [0, 1]

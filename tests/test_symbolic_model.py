@@ -335,3 +335,38 @@ def test_weak_snaps_are_named_in_a_warning():
         warnings.simplefilter("error")
         model.copy().auto_symbolic(lib=["x", "0"], warn_weak=False)
         model.copy().auto_symbolic(lib=["x", "sin"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_mult_node_reads_back_the_product(seed):
+    # Near-linear edges once snapped to slivers of tan and sin, which fit
+    # the splines' small curvature better than x (see UNEXPLAINED_FLOOR).
+    from multkan.symbolic.formula import simplify_constants, snap_formula_constants
+
+    data = create_dataset(lambda x: x[:, [0]] * x[:, [1]], n_var=2, seed=seed)
+    model = MultKAN(width=[2, [0, 1], 1], grid=5, k=3, seed=seed)
+    model.fit(data, steps=50, update_grid=False, progress=False)
+    with warnings.catch_warnings():
+        # The two cross edges carry almost nothing, and no function fits them to r2 0.99.
+        warnings.simplefilter("ignore", SymbolicFitWarning)
+        report = model.auto_symbolic()
+    # The edges into and out of the mult node: x wherever the spline is (nearly) straight.
+    assert report[-1].name == "x"
+    assert not {fit.name for fit in report} & {"tan", "sin", "arcsin", "arctan"}
+    model.fit(data, steps=20, update_grid=False, progress=False)
+    x_1, x_2 = sympy.symbols("x_1 x_2", real=True)
+    formula = snap_formula_constants(model.symbolic_formula()[0])
+    formula = simplify_constants(formula, [x_1, x_2], data["train_input"], data["train_label"])
+    assert formula == x_1 * x_2
+
+
+def test_simplify_constants_sets_absorbed_factors_to_one():
+    # c1 * (c2 * x) * (c3 * y) with c1 * c2 * c3 = 1: only the product is determined by the data.
+    from multkan.symbolic.formula import simplify_constants
+
+    x_1, x_2 = sympy.symbols("x_1 x_2", real=True)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 2, generator=generator, dtype=torch.float64) * 2 - 1
+    y = x[:, 0] * x[:, 1]
+    redundant = sympy.Float(14.1270914) * (sympy.Float(0.2561903) * x_2) * (sympy.Float(0.2762384) * x_1)
+    assert simplify_constants(redundant, [x_1, x_2], x, y) == x_1 * x_2

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import SymbolicError, SymbolicFitWarning, invalid_parameter
 from ..graph import EdgeId, graph_layers
-from .fitting import fit_affine, rank_candidates
+from .fitting import UNEXPLAINED_FLOOR, fit_affine, rank_candidates
 from .library import SymbolicFunction, SymbolicLibrary
 
 if TYPE_CHECKING:
@@ -257,7 +257,11 @@ def _collapse_chains(model, inputs, library, a_range, b_range, weight_simple, r2
 
 
 def _simplest_choices(fit, r2_threshold: float, r2_factor: float) -> list[int]:
-    """Index of the least complex candidate within ``r2_factor`` of the best unexplained variance, per edge."""
+    """Index of the least complex candidate within ``r2_factor`` of the best unexplained variance, per edge.
+
+    Unexplained variances are compared with UNEXPLAINED_FLOOR added, as in
+    :func:`multkan.symbolic.rank_candidates`.
+    """
     r2 = torch.where(fit.valid, fit.r2.to(torch.float64), -torch.inf)
     complexity = torch.tensor([f.complexity for f in fit.functions], dtype=torch.float64)
     # Among equally complex candidates, one that cancels large terms comes last (see AffineFit.cancels).
@@ -268,8 +272,9 @@ def _simplest_choices(fit, r2_threshold: float, r2_factor: float) -> list[int]:
         if not best_r2 >= r2_threshold:
             choices.append(-1)
             continue
-        limit = r2_factor * (1.0 - best_r2) + 1e-12
-        eligible = (1.0 - r2[row] <= limit) & (r2[row] >= r2_threshold)
+        # As in the ranking score, differences below UNEXPLAINED_FLOOR are no evidence.
+        limit = r2_factor * (1.0 - best_r2 + UNEXPLAINED_FLOOR) + 1e-12
+        eligible = (1.0 - r2[row] + UNEXPLAINED_FLOOR <= limit) & (r2[row] >= r2_threshold)
         order = sorted(
             eligible.nonzero().flatten().tolist(),
             key=lambda j: (float(complexity[j]), bool(cancels[row, j]), -float(r2[row, j])),
@@ -299,7 +304,10 @@ def auto_symbolic(
     ``selection="simplest"`` it takes the least complex candidate whose
     unexplained variance ``1 - r2`` is at most ``r2_factor`` times that of
     the best fit, which prefers ``x`` over a slightly better ``arcsin`` on
-    a nearly straight edge. Among equally complex candidates it prefers one
+    a nearly straight edge. Both rules add ``UNEXPLAINED_FLOOR`` (1e-4) to
+    ``1 - r2`` first: a trained spline is only about that close to the
+    function it approximates, so a sliver of ``tan`` that also fits the
+    spline's small wiggles does not beat ``x``. Among equally complex candidates it prefers one
     that does not cancel large terms (:meth:`AffineFit.cancels`). Neither
     rule sets a clean edge (best r2 > 0.99) to the constant ``0``.
 

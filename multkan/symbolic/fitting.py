@@ -37,12 +37,18 @@ _FLAT_Z_TOLERANCE = 1e-12
 # Largest number of function values evaluated at once, 32 MiB in float64.
 _BLOCK_ELEMENTS = 1 << 22
 
-# Floor of 1 - r2 in the ranking score, so that a perfect fit has a finite score.
-_UNEXPLAINED_FLOOR = 1e-12
+# Added to 1 - r2 before candidates are compared. An estimate: a trained
+# spline is about 1% of its spread (1 - r2 near 1e-4) from the function it
+# approximates, so smaller differences do not favour a more complex function.
+# Without it, tan(0.21 x) beat x on the edges of x * y (1 - r2 6e-8 against 1.4e-5).
+UNEXPLAINED_FLOOR = 1e-4
 
-# The complexity penalty 2 * k / (k + scale) stays below this bound, which is the
-# log10 of 1 / (1 - 0.99). See rank_candidates for why.
-_PENALTY_BOUND = 2.0
+# 1 - r2 at most this counts as an exact fit.
+_EXACT_FIT = 1e-12
+
+# The complexity penalty B * k / (k + scale) stays below this bound B, the
+# difference in score between r2 = 0 and r2 = 0.99. See rank_candidates for why.
+_PENALTY_BOUND = math.log10((1.0 + UNEXPLAINED_FLOOR) / (0.01 + UNEXPLAINED_FLOOR))
 
 # A fit whose term c * f(a * x + b) reaches more than this many times the spread of
 # y uses a sliver of f and a constant d that cancels most of it, such as
@@ -477,18 +483,24 @@ def rank_candidates(
     The score of a candidate with coefficient of determination ``r2`` and
     complexity ``k``, lower is better, is::
 
-        score = log10(max(1 - r2, 1e-12)) + weight_simple * 2 * k / (k + complexity_scale)
+        score = log10(1 - r2 + F) + weight_simple * B * k / (k + complexity_scale)
 
-    The first term counts the decades of unexplained variance. The complexity
-    penalty grows with ``k`` but stays below 2, which is ``-log10(1 - 0.99)``.
-    Candidates that are invalid or have ``r2 < r2_threshold`` get ``+inf``.
+    with ``F = UNEXPLAINED_FLOOR`` (1e-4) and ``B = log10((1 + F) / (0.01 +
+    F))``, about 2. The first term counts the decades of unexplained
+    variance down to ``F``: below about 1% of an edge's spread in RMSE, a
+    better fit does not favour a more complex function, because the
+    spline itself is only about that close to the function it approximates. The
+    complexity penalty grows with ``k`` but stays below ``B``, the score
+    difference between ``r2 = 0`` and ``r2 = 0.99``. Candidates that are
+    invalid or have ``r2 < r2_threshold`` get ``+inf``.
 
     Guarantee for fits from :func:`fit_affine`: on an edge where a non-constant
     candidate has ``r2 > 0.99``, no constant candidate such as ``0`` ranks first,
     for every ``weight_simple`` in ``[0, 1)``. Such an r2 means that ``y`` is not
     constant, because on a constant ``y`` non-constant candidates get r2 = 0. So the
-    constant candidates have r2 = 0 and a score of at least 0, while the good
-    candidate scores below ``-2 + 2 * weight_simple``, which is negative.
+    constant candidates have r2 = 0 and a score of at least ``log10(1 + F)``, while
+    the good candidate scores below ``log10(0.01 + F) + B * weight_simple``, which is
+    less.
 
     A candidate that cancels large terms (:meth:`AffineFit.cancels`) does not rank
     first when a non-constant candidate that does not cancel scores at most
@@ -523,7 +535,8 @@ def rank_candidates(
 
     values = _complexity_values(fit, complexity)
     r2 = fit.r2.detach().to(torch.float64)
-    unexplained = (1.0 - r2).clamp(min=_UNEXPLAINED_FLOOR)
+    # Unexplained variance within rounding of 0 counts as exactly 0, so exact fits tie.
+    unexplained = torch.where(1.0 - r2 > _EXACT_FIT, 1.0 - r2, 0.0) + UNEXPLAINED_FLOOR
     penalty = _PENALTY_BOUND * values / (values + float(complexity_scale))
     score = torch.log10(unexplained) + float(weight_simple) * penalty[None, :]
     eligible = fit.valid & (r2 >= float(r2_threshold))

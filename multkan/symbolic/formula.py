@@ -394,9 +394,9 @@ def simplify_constants(expression: sympy.Expr, symbols, x: torch.Tensor, y: torc
 
     Every float becomes a parameter, fitted by Levenberg-Marquardt least
     squares on ``x`` (n, n_var) and ``y`` (n,) or (n, 1). Then, smallest
-    first, each parameter is set to 0 or to the nearest simple constant (a
-    small integer, a simple rational, a rational multiple of pi, see
-    :func:`snap_formula_constants`), the other parameters are refitted, and
+    first, each parameter is set to 0, to 1 of its sign or to the nearest
+    simple constant (a small integer, a simple rational, a rational multiple
+    of pi, see :func:`snap_formula_constants`), the other parameters are refitted, and
     the change is kept when the RMSE stays below ``slack`` times the
     refitted RMSE plus ``1e-6`` times the label scale. Formulas whose RMSE
     exceeds ``1e-3`` times the label standard deviation are returned
@@ -419,9 +419,12 @@ def simplify_constants(expression: sympy.Expr, symbols, x: torch.Tensor, y: torc
 
     limit = slack * baseline + 1e-6 * scale
     for index in range(len(thetas)):
-        options = [0.0]
-        snapped = _snap_constant(float(values[index]), 1e-2)
-        if snapped is not None:
+        # Trying 1 before the nearest simple value sets a factor that another
+        # constant absorbs to 1, not to sqrt(2) / pi next to a 2.22144 that cancels it.
+        value = float(values[index])
+        options = [0.0, math.copysign(1.0, value)]
+        snapped = _snap_constant(value, 1e-2)
+        if snapped is not None and float(snapped) not in options:
             options.append(float(snapped))
         for option in options:
             trial_values = values.copy()
