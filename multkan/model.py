@@ -13,7 +13,7 @@ from torch import nn
 from .compile import CompileOptions, compile_graph, write_back
 from .errors import InvalidDataError, InvalidParameterError, invalid_parameter
 from .graph import EdgeId, build_graph, graph_layers
-from .nn._layer import MultKANLayer
+from .nn._layer import BASE_FUNCTIONS, MultKANLayer
 from .splines import extend_grid, fit_coefficients, grid_from_samples, uniform_grid
 
 __all__ = ["MultKAN", "check_input"]
@@ -493,6 +493,11 @@ class MultKAN(nn.Module):
         """Return a pruned copy; see :func:`multkan.analysis.prune`. The model itself is unchanged."""
         from .analysis import prune
 
+        from .analysis.pruning import _check_threshold
+
+        # The thresholds first, so a bad value is named even when no data are at hand.
+        _check_threshold("node_th", node_th)
+        _check_threshold("edge_th", edge_th)
         return prune(self, self._default_inputs(x, "prune"), node_th=node_th, edge_th=edge_th)
 
     def prune_edge(self, edge: EdgeId | Sequence[int]) -> MultKAN:
@@ -561,6 +566,8 @@ def _make_options(grid, k, grid_range, base_fun, noise_scale, scale_base_mu, sca
     grid_range = tuple(float(v) for v in grid_range)
     if len(grid_range) != 2 or not grid_range[0] < grid_range[1]:
         raise invalid_parameter("grid_range", "a pair (low, high) with low < high", grid_range)
+    if base_fun not in BASE_FUNCTIONS:
+        raise invalid_parameter("base_fun", f"one of {sorted(BASE_FUNCTIONS)}", base_fun)
     return CompileOptions(
         grid_size=grid,
         k=k,

@@ -119,7 +119,14 @@ def test_complex_input_raises():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"grid": 0}, "grid"), ({"k": -1}, "k"), ({"grid_range": (1, -1)}, "grid_range"), ({"grid_eps": 2.0}, "grid_eps"), ({"dtype": torch.int32}, "dtype")],
+    [
+        ({"grid": 0}, "grid"),
+        ({"k": -1}, "k"),
+        ({"grid_range": (1, -1)}, "grid_range"),
+        ({"grid_eps": 2.0}, "grid_eps"),
+        ({"dtype": torch.int32}, "dtype"),
+        ({"base_fun": "relu"}, "base_fun"),
+    ],
 )
 def test_invalid_constructor_arguments(kwargs, name):
     with pytest.raises(InvalidParameterError, match=f"invalid {name}"):
@@ -182,3 +189,24 @@ def test_grid_update_forward_in_chunks_matches_one_pass(monkeypatch):
         models.append(MultKAN([3, 4, 2, 1], grid=5, k=3, seed=0, dtype=torch.float64).update_grid(x, grid_eps=0.0))
     for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("width, grid", [([2, [1, 1], 1], 5), ([2, 5, 1], 5), ([3, 4, 2], 30)])
+def test_zero_rows_give_zero_rows(width, grid):
+    # As torch.nn.Linear: a (0, n_in) batch maps to (0, n_out), with gradients of the right shapes.
+    model = MultKAN(width, grid=grid, k=3, seed=0, dtype=torch.float64)
+    x = torch.zeros(0, width[0], dtype=torch.float64, requires_grad=True)
+    y = model(x)
+    assert y.shape == (0, model.n_outputs)
+    (gradient,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    assert gradient.shape == (0, width[0])
+    y.sum().backward()
+    assert float(model.layers[0].coef.grad.abs().sum()) == 0.0
+    assert model(torch.zeros(3, 0, width[0], dtype=torch.float64)).shape == (3, 0, model.n_outputs)
+
+
+@pytest.mark.parametrize("threshold", ["node_th", "edge_th"])
+def test_prune_names_a_bad_threshold_without_data(threshold):
+    # No fit yet, so no training inputs: the invalid value is still what the message names.
+    with pytest.raises(InvalidParameterError, match=f"invalid {threshold}: expected a finite number >= 0, received -1"):
+        MultKAN([2, 1]).prune(**{threshold: -1})

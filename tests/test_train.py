@@ -268,12 +268,26 @@ def test_short_and_batched_runs(steps, lamb):
         ({"grid_update_num": 0}, "grid_update_num"),
         ({"loss_fn": "hinge"}, "loss_fn"),
         ({"log": 0}, "log"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"steps": True}, "steps"),
+        ({"update_grid": "yes"}, "update_grid"),
+        ({"start_grid_update_step": 10, "stop_grid_update_step": 5}, "start_grid_update_step"),
+        ({"start_grid_update_step": 5, "stop_grid_update_step": 5}, "start_grid_update_step"),
     ],
 )
 def test_invalid_fit_arguments_raise(kwargs, name):
     data = create_dataset(lambda x: x[:, 0], n_var=1, train_num=10, test_num=5)
+    model = MultKAN([1, 1])
     with pytest.raises(InvalidParameterError, match=f"invalid {name}"):
-        MultKAN([1, 1]).fit(data, progress=False, **kwargs)
+        model.fit(data, progress=False, **kwargs)
+    # A rejected call leaves the model as it was.
+    assert model.train_input is None
+
+
+def test_grid_steps_in_any_order_without_grid_updates():
+    data = create_dataset(lambda x: x[:, 0], n_var=1, train_num=10, test_num=5)
+    history = MultKAN([1, 1]).fit(data, steps=2, update_grid=False, start_grid_update_step=10, stop_grid_update_step=5, progress=False)
+    assert len(history["train_loss"]) == 2
 
 
 def test_regularisation_closed_form_for_single_edge():

@@ -127,7 +127,7 @@ def _fused_product(features, coef, scale_sp, scale_base, spline_mask):
     # product took 143 us against 684 us for features.T @ weights ([10, 10]
     # G10, 3000 rows, one thread of a 2-core AMD EPYC), and the next layer's
     # x.T is then contiguous.
-    sums = (weights.T @ features.view(-1, features.shape[-1])).T
+    sums = (weights.T @ features.view(weights.shape[0], features.shape[-1])).T
     return sums, weights, spline_weight
 
 
@@ -282,7 +282,7 @@ def _fused_backward(grad_sums, needs, coef, scale_sp, spline_mask, features, der
     if needs[1] or needs[2] or needs[3]:
         n_in, n_sub, n_basis = coef.shape
         # Shape (n_sub, n_in, n_basis + 1): the transpose of the weight gradient.
-        grad_weights = (grad_rows @ features.view(-1, features.shape[-1]).T).view(n_sub, n_in, n_basis + 1)
+        grad_weights = (grad_rows @ features.view(n_in * (n_basis + 1), features.shape[-1]).T).view(n_sub, n_in, n_basis + 1)
         # Gradient with respect to coef * spline_weight, shape (n_in, n_sub, n_basis).
         grad_spline = grad_weights[:, :, :n_basis].transpose(0, 1)
         if needs[1]:
@@ -360,7 +360,7 @@ class _FusedSplineLayerWithScatter(torch.autograd.Function):
 def _unfused_sums(x, coef, scale_sp, scale_base, spline_mask, grid, k, base_fun):
     """Return the same sums as :func:`_fused_sums` from differentiable torch operations."""
     spline_weight = (coef * (scale_sp * spline_mask).unsqueeze(-1)).permute(0, 2, 1).reshape(-1, coef.shape[1])
-    basis = bspline_basis(x, grid, k).reshape(x.shape[0], -1)
+    basis = bspline_basis(x, grid, k).flatten(1)
     return torch.addmm(BASE_FUNCTIONS[base_fun](x) @ (scale_base * spline_mask), basis, spline_weight)
 
 
@@ -401,7 +401,7 @@ def _mult_backward(grad_output, needs, sums_shape, node_scale, operand_index, n_
         grad_sums = grad_output.new_zeros(batch, n_sub + padded)
         if n_sum:
             grad_sums[:, :n_sum] = grad_nodes[:, :n_sum]
-        contributions = (others * grad_nodes[:, n_sum:, None]).reshape(batch, -1)
+        contributions = (others * grad_nodes[:, n_sum:, None]).reshape(batch, others.shape[1] * others.shape[2])
         grad_sums = grad_sums.index_add_(1, operand_index.reshape(-1), contributions)[:, :n_sub]
     if needs[1]:
         grad_scale = (grad_output * nodes).sum(dim=0)
