@@ -1,0 +1,283 @@
+"""Modular structure from second derivatives: separability and symmetries of a fitted function.
+
+A function ``f`` of inputs ``x_1 .. x_n`` is
+
+- additively separable into groups ``A`` and ``B`` (``f = g(x_A) + h(x_B)``)
+  exactly when ``d2f / dx_i dx_j = 0`` for every ``i`` in ``A`` and ``j`` in ``B``;
+- multiplicatively separable (``f = g(x_A) * h(x_B)``) exactly when
+  ``f * d2f/dx_i dx_j - df/dx_i * df/dx_j = 0`` there, the numerator of the
+  mixed derivative of ``log |f|``, which stays finite where ``f`` is 0;
+- a function of one combination of a group ``G`` and the rest
+  (``f = F(g(x_G), x_rest)``, the general form) exactly when the ratio
+  ``(df/dx_i) / (df/dx_j)`` for ``i, j`` in ``G`` does not depend on any
+  ``x_k`` outside ``G``, that is ``d2f/dx_i dx_k * df/dx_j - df/dx_i *
+  d2f/dx_j dx_k = 0``.
+
+Each condition is scored on sample rows by a dimensionless root mean
+square, comparable across inputs and units: 0 for an exact separation,
+about 1 for an interaction as strong as in ``x_i * x_j``.
+The finest additive (or multiplicative) decomposition is the set of
+connected components of the graph whose edges are the pairs scoring above
+a threshold (:func:`detect_separability`). :func:`test_symmetry` tests
+one group against the rest, in any of the three forms.
+
+The derivatives come from autograd (double backward), so ``function`` is
+a :class:`~multkan.model.MultKAN` or any differentiable torch callable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+
+from ..errors import InvalidDataError, invalid_parameter
+
+__all__ = ["SeparabilityResult", "detect_separability", "interaction_scores", "test_symmetry"]
+
+MODES = ("add", "mul")
+SYMMETRY_MODES = ("add", "mul", "general")
+
+
+@dataclass(frozen=True)
+class SeparabilityResult:
+    """The pairwise interaction scores of a function and the groups they separate it into.
+
+    ``scores`` is the symmetric (n_in, n_in) matrix of :func:`interaction_scores`,
+    with 0 on the diagonal. ``groups`` is the finest partition of the inputs
+    with no pair across two groups scoring above ``threshold``. Each group is
+    a sorted tuple, and the groups are ordered by their first input.
+    """
+
+    mode: str
+    scores: torch.Tensor
+    threshold: float
+    groups: tuple[tuple[int, ...], ...]
+
+    @property
+    def separable(self) -> bool:
+        """Whether the inputs split into at least two groups."""
+        return len(self.groups) > 1
+
+
+def _as_function(function, output: int | None) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.dtype | None, int | None]:
+    """Return a callable from (batch, n_in) rows to (batch,) values, the dtype to evaluate in and the input count if known."""
+    from ..model import MultKAN
+
+    if isinstance(function, MultKAN):
+        n_outputs = function.n_outputs
+        if output is None:
+            if n_outputs != 1:
+                raise invalid_parameter("output", f"an output index in [0, {n_outputs}) for a model with {n_outputs} outputs", output)
+            output = 0
+        if not isinstance(output, int) or isinstance(output, bool) or not 0 <= output < n_outputs:
+            raise invalid_parameter("output", f"an output index in [0, {n_outputs})", output)
+        return (lambda rows: function(rows)[:, output]), function.dtype, function.n_inputs
+    if not callable(function):
+        raise invalid_parameter("function", "a MultKAN or a callable from (batch, n_in) tensors to (batch,) or (batch, 1) values", function)
+
+    def values(rows: torch.Tensor) -> torch.Tensor:
+        result = function(rows)
+        if result.dim() == 2 and result.shape[1] == 1:
+            result = result[:, 0]
+        if result.shape != (rows.shape[0],):
+            raise InvalidDataError(
+                f"invalid function output: expected shape ({rows.shape[0]},) or ({rows.shape[0]}, 1) "
+                f"for {rows.shape[0]} rows, received {tuple(result.shape)}; pick one output first"
+            )
+        return result
+
+    return values, None, None
+
+
+def _rows(x, dtype: torch.dtype | None, n_in: int | None) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    if dtype is not None:
+        x = x.to(dtype)
+    if x.dim() != 2 or (n_in is not None and x.shape[1] != n_in) or x.shape[0] < 2:
+        expected = f"(n_rows, {n_in})" if n_in is not None else "(n_rows, n_in)"
+        raise InvalidDataError(f"invalid x: expected shape {expected} with at least 2 rows, received {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise InvalidDataError("invalid x: it contains NaN or infinite values")
+    return x.detach()
+
+
+def _derivatives(values: Callable, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return ``f`` (batch,), the gradient (batch, n) and the Hessian (batch, n, n) of every row."""
+    rows = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        f = values(rows)
+        (gradient,) = torch.autograd.grad(f.sum(), rows, create_graph=True, allow_unused=True)
+        if gradient is None:
+            gradient = torch.zeros_like(rows)
+        columns = []
+        for i in range(rows.shape[1]):
+            column = None
+            if gradient.requires_grad:
+                (column,) = torch.autograd.grad(gradient[:, i].sum(), rows, retain_graph=True, allow_unused=True)
+            columns.append(torch.zeros_like(rows) if column is None else column)
+    hessian = torch.stack(columns, dim=1)
+    return f.detach(), gradient.detach(), hessian.detach()
+
+
+def _rms(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return values.pow(2).mean(dim=dim).sqrt()
+
+
+def _pair_scores(mode: str, f: torch.Tensor, gradient: torch.Tensor, hessian: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """Return the (n, n) scores of ``mode`` from the derivatives, with ``spread`` the inputs' standard deviations."""
+    if mode == "add":
+        reference = f.std()
+        scores = _rms(hessian) * spread[:, None] * spread[None, :]
+        scores = scores / reference if float(reference) > 0 else torch.zeros_like(scores)
+    else:
+        scores = _relative(f[:, None, None] * hessian, gradient[:, :, None] * gradient[:, None, :])
+    scores = (scores + scores.T) / 2
+    scores.fill_diagonal_(0.0)
+    return scores
+
+
+def _relative(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Return ``rms(first - second) / (rms(first) + rms(second))`` over the rows, 0 where both are 0."""
+    size = _rms(first) + _rms(second)
+    return torch.where(size > 0, _rms(first - second) / torch.where(size > 0, size, 1.0), 0.0)
+
+
+def _check_mode(mode, allowed) -> str:
+    if mode not in allowed:
+        raise invalid_parameter("mode", " or ".join(repr(m) for m in allowed), mode)
+    return mode
+
+
+def _check_threshold(threshold) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or threshold < 0:
+        raise invalid_parameter("threshold", "a finite number >= 0", threshold)
+    return float(threshold)
+
+
+def _model_rows(function, x):
+    from ..model import MultKAN
+
+    if x is None and isinstance(function, MultKAN):
+        return function._default_inputs(None, "detect_separability")
+    if x is None:
+        raise InvalidDataError("invalid x: a function other than a MultKAN needs sample rows x")
+    return x
+
+
+def interaction_scores(function, x: torch.Tensor | None = None, *, mode: str = "add", output: int | None = None) -> torch.Tensor:
+    """Return the symmetric (n_in, n_in) matrix of pairwise interaction scores, 0 on the diagonal.
+
+    Parameters
+    ----------
+    function : MultKAN or callable
+        A model (one of its outputs) or a differentiable function from
+        (batch, n_in) rows to (batch,) or (batch, 1) values.
+    x : tensor of shape (n_rows, n_in), optional
+        Rows to evaluate the derivatives at; a model's training inputs by default.
+    mode : {"add", "mul"}
+        ``"add"``: ``rms(d2f/dx_i dx_j) * s_i * s_j / std(f)``, with ``s``
+        the inputs' standard deviations over the rows; ``x_i * x_j`` on
+        uniform [-1, 1] inputs scores about 1. ``"mul"``: ``rms(A - B) /
+        (rms(A) + rms(B))`` for ``A = f * d2f/dx_i dx_j`` and ``B = df/dx_i
+        * df/dx_j``, between 0 and 1 (``x_i * x_j + 1`` scores 0.72). 0
+        means separable for that pair, in both modes.
+    output : int, optional
+        The model output to score; needed for models with several outputs.
+    """
+    mode = _check_mode(mode, MODES)
+    values, dtype, n_in = _as_function(function, output)
+    rows = _rows(_model_rows(function, x), dtype, n_in)
+    f, gradient, hessian = _derivatives(values, rows)
+    return _pair_scores(mode, f, gradient, hessian, rows.std(dim=0))
+
+
+def detect_separability(
+    function, x: torch.Tensor | None = None, *, mode: str = "add", threshold: float = 0.1, output: int | None = None
+) -> SeparabilityResult:
+    """Split the inputs into the finest groups with ``f = sum`` (``mode="add"``) or ``prod`` (``"mul"``) of group functions.
+
+    Two inputs land in the same group when their score from
+    :func:`interaction_scores` exceeds ``threshold``, directly or through a
+    chain of such pairs. A trained network is never exactly separable:
+    its cross derivatives are small, not 0. Networks of ``[3, 5, 1]``
+    trained to a test RMSE of about 1e-3 of the target's range scored
+    0.006 to 0.06 on separable pairs and 0.5 or more on interacting ones.
+    Hence the default ``threshold`` of 0.1. The result contains the
+    scores, so the margin can be checked.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.rand(200, 3, dtype=torch.float64) * 2 - 1
+    >>> detect_separability(lambda v: torch.sin(v[:, 0]) + v[:, 1] * v[:, 2], x).groups
+    ((0,), (1, 2))
+    """
+    threshold = _check_threshold(threshold)
+    scores = interaction_scores(function, x, mode=mode, output=output)
+    graph = nx.Graph()
+    graph.add_nodes_from(range(scores.shape[0]))
+    strong = (scores > threshold).nonzero().tolist()
+    graph.add_edges_from((i, j) for i, j in strong if i < j)
+    groups = sorted((tuple(sorted(component)) for component in nx.connected_components(graph)), key=lambda group: group[0])
+    return SeparabilityResult(mode, scores, threshold, tuple(groups))
+
+
+def test_symmetry(
+    function,
+    x: torch.Tensor | None = None,
+    group: Sequence[int] = (),
+    *,
+    mode: str = "add",
+    threshold: float = 0.1,
+    output: int | None = None,
+) -> tuple[bool, float]:
+    """Test whether the inputs in ``group`` enter ``f`` only through one function of them.
+
+    ``mode="add"``: ``f = g(x_group) + h(x_rest)``; ``"mul"``: ``f =
+    g(x_group) * h(x_rest)``; ``"general"``: ``f = F(g(x_group), x_rest)``,
+    such as ``f(x + y, z)`` for the group ``(x, y)``. Returns whether the
+    largest score across the group's boundary is at most ``threshold``,
+    and that score. ``"add"`` and ``"mul"`` take the pair scores of
+    :func:`interaction_scores`. For ``"general"`` the score of inputs ``i,
+    j`` in the group and ``k`` outside is ``rms(A - B) / (rms(A) +
+    rms(B))`` for ``A = f_ik f_j`` and ``B = f_i f_jk``, with ``f_i`` the
+    first and ``f_ik`` the second derivatives, so a group of one input is
+    always general-symmetric.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.rand(200, 3, dtype=torch.float64) * 2 - 1
+    >>> test_symmetry(lambda v: torch.exp(v[:, 0] + v[:, 1]) * v[:, 2], x, [0, 1], mode="general")[0]
+    True
+    """
+    mode = _check_mode(mode, SYMMETRY_MODES)
+    threshold = _check_threshold(threshold)
+    values, dtype, n_in = _as_function(function, output)
+    rows = _rows(_model_rows(function, x), dtype, n_in)
+    n = rows.shape[1]
+    members = sorted(set(int(i) for i in group)) if isinstance(group, Sequence) else None
+    if not members or any(not 0 <= i < n for i in members) or len(members) == n:
+        raise invalid_parameter("group", f"a non-empty proper subset of the input indices 0 .. {n - 1}", group)
+    rest = [k for k in range(n) if k not in members]
+
+    f, gradient, hessian = _derivatives(values, rows)
+    spread = rows.std(dim=0)
+    if mode in MODES:
+        scores = _pair_scores(mode, f, gradient, hessian, spread)
+        score = float(scores[members][:, rest].max())
+        return score <= threshold, score
+
+    score = 0.0
+    for position, i in enumerate(members):
+        for j in members[position + 1 :]:
+            for k in rest:
+                value = float(_relative(hessian[:, i, k] * gradient[:, j], gradient[:, i] * hessian[:, j, k]))
+                score = max(score, value)
+    return score <= threshold, score

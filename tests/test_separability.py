@@ -1,0 +1,126 @@
+"""Separability and symmetry from second derivatives, on closed forms, compiled formulas and trained networks."""
+
+import pytest
+import torch
+
+from multkan import InvalidDataError, InvalidParameterError, MultKAN, create_dataset, kanpile
+from multkan.analysis import separability
+
+# Imported under the module name: pytest would collect a bare test_symmetry as a test.
+detect_separability = separability.detect_separability
+interaction_scores = separability.interaction_scores
+symmetry = separability.test_symmetry
+
+
+def _rows(n_var, n_rows=300, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n_rows, n_var, generator=generator, dtype=torch.float64) * 2 - 1
+
+
+def test_product_scores_one_and_sum_scores_zero():
+    x = _rows(2, n_rows=20_000)
+    product = interaction_scores(lambda v: v[:, 0] * v[:, 1], x)
+    # rms(d2f/dx0 dx1) = 1 and s0 * s1 = std(x0 * x1) for independent centred inputs.
+    assert float(product[0, 1]) == pytest.approx(1.0, rel=0.03)
+    assert float(product[1, 0]) == float(product[0, 1])
+    assert float(product[0, 0]) == 0.0
+    additive = interaction_scores(lambda v: torch.sin(3 * v[:, 0]) + v[:, 1] ** 3, x)
+    assert float(additive.abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "function, mode, groups",
+    [
+        (lambda v: torch.sin(v[:, 0]) + v[:, 1] * v[:, 2], "add", ((0,), (1, 2))),
+        (lambda v: v[:, 0] + v[:, 1] + v[:, 2] ** 2, "add", ((0,), (1,), (2,))),
+        (lambda v: torch.exp(v[:, 0] * v[:, 1] * v[:, 2]), "add", ((0, 1, 2),)),
+        (lambda v: torch.sin(v[:, 0]) * (v[:, 1] + 2) * torch.exp(v[:, 2]), "mul", ((0,), (1,), (2,))),
+        (lambda v: torch.sin(v[:, 0]) * (v[:, 1] + 2) * torch.exp(v[:, 2]), "add", ((0, 1, 2),)),
+        (lambda v: (v[:, 0] + v[:, 2] + 3) * torch.cos(v[:, 1]), "mul", ((0, 2), (1,))),
+    ],
+)
+def test_groups_of_closed_forms(function, mode, groups):
+    result = detect_separability(function, _rows(3), mode=mode)
+    assert result.groups == groups
+    assert result.separable == (len(groups) > 1)
+
+
+@pytest.mark.parametrize(
+    "function, group, expected",
+    [
+        # f(x0 + x1, x2): the group enters through one combination.
+        (lambda v: torch.exp(0.5 * (v[:, 0] + v[:, 1])) * v[:, 2], [0, 1], True),
+        (lambda v: torch.sqrt(v[:, 0] ** 2 + v[:, 1] ** 2 + 0.1) + torch.sin(v[:, 2]) * (v[:, 0] ** 2 + v[:, 1] ** 2), [0, 1], True),
+        (lambda v: torch.exp(0.5 * (v[:, 0] * v[:, 2] + v[:, 1])) * v[:, 2], [0, 1], False),
+        (lambda v: v[:, 0] * v[:, 2] + v[:, 1], [0, 1], False),
+    ],
+)
+def test_general_symmetry_of_closed_forms(function, group, expected):
+    symmetric, score = symmetry(function, _rows(3), group, mode="general")
+    assert symmetric == expected
+    assert (score < 1e-10) == expected
+
+
+def test_add_and_mul_symmetry_of_a_group():
+    x = _rows(3)
+    assert symmetry(lambda v: v[:, 0] * v[:, 1] + torch.cos(v[:, 2]), x, [0, 1], mode="add") == (True, 0.0)
+    assert not symmetry(lambda v: v[:, 0] * v[:, 1] + torch.cos(v[:, 2]), x, [0], mode="add")[0]
+    assert symmetry(lambda v: (v[:, 0] + v[:, 1] + 2) * torch.exp(v[:, 2]), x, [2], mode="mul")[0]
+    assert not symmetry(lambda v: v[:, 0] * v[:, 1] + v[:, 2], x, [2], mode="mul")[0]
+
+
+def test_compiled_formula_separates_exactly():
+    # The kanpiler's symbolic edges are differentiated twice through the model.
+    model = kanpile("sin(x) + y*z", dtype=torch.float64)
+    result = detect_separability(model, _rows(3))
+    assert result.groups == ((0,), (1, 2))
+    assert float(result.scores[0, 1]) < 1e-10
+    assert float(result.scores[0, 2]) < 1e-10
+    assert float(result.scores[1, 2]) > 0.3
+
+
+def test_trained_network_separates_additive_target():
+    data = create_dataset(lambda v: torch.sin(v[:, [0]]) + v[:, [1]] * v[:, [2]], n_var=3, seed=0)
+    model = MultKAN([3, 5, 1], grid=5, seed=0)
+    model.fit(data, steps=50, progress=False)
+    # The training inputs are the default rows.
+    result = detect_separability(model)
+    assert result.groups == ((0,), (1, 2))
+    assert float(result.scores[0, 1]) < 0.05
+    assert float(result.scores[1, 2]) > 0.3
+
+
+def test_output_of_a_model_with_two_outputs():
+    model = kanpile("x + y", dtype=torch.float64)
+    with pytest.raises(InvalidParameterError, match="invalid output"):
+        detect_separability(model, _rows(2), output=1)
+    two = MultKAN([2, 2], seed=0)
+    with pytest.raises(InvalidParameterError, match="invalid output: expected an output index in \\[0, 2\\)"):
+        detect_separability(two, _rows(2))
+    assert detect_separability(two, _rows(2), output=1).scores.shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda x: detect_separability(lambda v: v[:, 0], x, mode="div"), InvalidParameterError, "invalid mode"),
+        (lambda x: detect_separability(lambda v: v[:, 0], x, threshold=-1), InvalidParameterError, "invalid threshold"),
+        (lambda x: symmetry(lambda v: v[:, 0], x, [0, 1, 2]), InvalidParameterError, "invalid group"),
+        (lambda x: symmetry(lambda v: v[:, 0], x, [5]), InvalidParameterError, "invalid group"),
+        (lambda x: symmetry(lambda v: v[:, 0], x, [0], mode="sub"), InvalidParameterError, "invalid mode"),
+        (lambda x: detect_separability(lambda v: v, x), InvalidDataError, "invalid function output"),
+        (lambda x: detect_separability(lambda v: v[:, 0], None), InvalidDataError, "needs sample rows"),
+        (lambda x: detect_separability(lambda v: v[:, 0], x[:1]), InvalidDataError, "at least 2 rows"),
+        (lambda x: detect_separability(lambda v: v[:, 0], x.masked_fill(x > 0.9, float("nan"))), InvalidDataError, "NaN"),
+        (lambda x: detect_separability(MultKAN([2, 1]), None), InvalidDataError, "needs inputs"),
+    ],
+)
+def test_invalid_arguments_raise(call, error, message):
+    with pytest.raises(error, match=message):
+        call(_rows(3))
+
+
+def test_linear_function_has_no_interactions():
+    # The gradient is constant, so autograd has no graph for the second derivatives.
+    scores = interaction_scores(lambda v: 2 * v[:, 0] - v[:, 1], _rows(2))
+    assert float(scores.abs().max()) == 0.0
