@@ -261,7 +261,7 @@ def kanpile(
     expression: sympy.Expr | str,
     variables: Sequence[sympy.Symbol | str] | None = None,
     *,
-    output_name: str = "y",
+    output_name: str | None = None,
     grid: int = 5,
     k: int = 3,
     grid_range: tuple[float, float] = (-1.0, 1.0),
@@ -275,7 +275,8 @@ def kanpile(
     expression : sympy expression or str
     variables : sequence of Symbol or str, optional
         Input order; the sorted free symbols by default.
-    output_name : str
+    output_name : str, optional
+        Name of the output node; ``"y"``, or ``"f"`` when an input is named ``y``.
     grid, k, grid_range, seed, dtype
         Passed to the model for its (unused until unfixed) spline edges.
 
@@ -306,6 +307,9 @@ def kanpile(
     if not symbols:
         raise InvalidParameterError("invalid expression: it has no variables to compile")
 
+    if output_name is None:
+        names = {symbol.name for symbol in symbols}
+        output_name = next(name for name in ("y", "f", "output") if name not in names)
     builder = _Builder(symbols)
     try:
         root = builder.node(expression)

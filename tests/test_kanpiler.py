@@ -92,3 +92,15 @@ def test_missing_variable_raises():
     x, y = sympy.symbols("x y")
     with pytest.raises(InvalidParameterError, match="also uses"):
         kanpile(x + y, [x])
+
+
+def _node_names(model):
+    return [data["name"] for _, data in model.graph.nodes(data=True) if data["kind"] in ("input", "output")]
+
+
+def test_output_name_avoids_an_input_name():
+    names = _node_names
+    assert names(kanpile("x*y")).count("y") == 1
+    assert "f" in names(kanpile("x*y"))
+    assert "y" in names(kanpile("a*b"))
+    assert "g" in names(kanpile("x*y", output_name="g"))
