@@ -235,6 +235,9 @@ def _discover(arguments: argparse.Namespace) -> int:
     if not arguments.stop_rmse >= 0:
         print(f"multkan discover: invalid --stop-rmse {arguments.stop_rmse}: expected a number >= 0", file=sys.stderr)
         return 2
+    if arguments.time_limit is not None and not arguments.time_limit > 0:
+        print(f"multkan discover: invalid --time-limit {arguments.time_limit}: expected a number of seconds > 0", file=sys.stderr)
+        return 2
     try:
         dataset, names, truth, run_name = _discover_data_printing_warnings(arguments)
     except MultKANError as error:
@@ -255,6 +258,7 @@ def _discover(arguments: argparse.Namespace) -> int:
             methods=methods,
             stop_rmse=arguments.stop_rmse or None,
             stop_needs_network=True,
+            time_limit=arguments.time_limit,
             progress=not arguments.quiet,
         )
     except MultKANError as error:
@@ -437,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default="multkan-out",
         help="folder that gets one subfolder per data file or equation, named after it, with report.json, network.png and model.safetensors; a rerun replaces them and removes the ones it does not write, and another file of the same name gets NAME-2 (default multkan-out)",
+    )
+    discover.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start no further method after this many seconds once a formula is found; a method already running finishes (default: no limit)",
     )
     discover.add_argument("--quiet", action="store_true", help="hide progress bars")
     discover.add_argument("--json", action="store_true", help="print the report as JSON instead of a summary")

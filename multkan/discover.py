@@ -344,6 +344,7 @@ def discover(
     tolerance: float = 2.0,
     stop_rmse: float | None = None,
     stop_needs_network: bool = False,
+    time_limit: float | None = None,
     progress: bool = True,
 ) -> DiscoveryResult:
     """Search for a closed-form formula ``y = f(x)`` that fits ``dataset``.
@@ -375,6 +376,10 @@ def discover(
     stop_needs_network : bool
         With ``stop_rmse``, keep going until some method has also trained a
         network, so that the result has one to plot and save.
+    time_limit : float, optional
+        Seconds after which no further method starts once some method has
+        found a formula; the methods left are listed in ``skipped``. A
+        method that has started runs to its end, so a run can take longer.
     progress : bool
         Show progress bars.
 
@@ -389,6 +394,8 @@ def discover(
         raise invalid_parameter("methods", f"a non-empty subset of {list(METHODS)}", list(methods))
     if not isinstance(steps, int) or steps < 1:
         raise invalid_parameter("steps", "an integer >= 1", steps)
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0):
+        raise invalid_parameter("time_limit", "a number of seconds > 0, or None for no limit", time_limit)
     if not isinstance(dataset, dict):
         raise invalid_parameter("dataset", "a dict with train_input, train_label, test_input and test_label (see create_dataset or dataset_from_arrays)", type(dataset).__name__)
     start = time.perf_counter()
@@ -409,6 +416,9 @@ def discover(
     for position, method in enumerate(stages):
         bar.set_postfix_str(method)
         try:
+            if time_limit is not None and candidates and time.perf_counter() - start >= time_limit:
+                skipped[method] = f"not run: the time limit of {time_limit:g} s was reached"
+                continue
             if stop_rmse is not None and method in NETWORKLESS_METHODS and any(c.test_rmse <= stop_rmse * scale for c in candidates):
                 # Only the network is still missing, and this method trains none.
                 skipped[method] = "not run: an earlier formula already fits to stop_rmse"
@@ -527,7 +537,7 @@ def _product_of_factors(model, data, symbols) -> sympy.Expr:
     though ``log(sin(theta))`` is in no library. ``C`` starts at
     ``exp(sum_i mean(phi_i))`` and is refitted with the other constants.
     """
-    from .symbolic import fit_affine
+    from .symbolic import fit_affine, rank_candidates
     from .symbolic.edges import _simplest_choices
 
     inputs = data["train_input"].to(model.dtype)
@@ -537,7 +547,7 @@ def _product_of_factors(model, data, symbols) -> sympy.Expr:
     factors = torch.exp(edges - edges.mean(dim=0)).T.contiguous()
     library = [name for name in DISCOVERY_LIBRARY if name != "0"]
     fit = fit_affine(inputs.T.to(torch.float64).contiguous(), factors, library)
-    choices = _simplest_choices(fit, 0.0, 10.0)
+    choices = _simplest_choices(fit, 0.0, 10.0, rank_candidates(fit).best)
 
     expression = sympy.Float(math.exp(offset))
     for i, choice in enumerate(choices):

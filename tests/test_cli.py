@@ -121,6 +121,7 @@ def test_discover_accepts_single_method_string():
         (["--steps", "0"], "invalid --steps 0: expected an integer >= 1"),
         (["--samples", "1"], "invalid --samples 1: expected an integer >= 2"),
         (["--stop-rmse", "-1"], "invalid --stop-rmse -1.0: expected a number >= 0"),
+        (["--time-limit", "0"], "invalid --time-limit 0.0: expected a number of seconds > 0"),
         (["--target", "y"], "--target needs a data file"),
         (["--inputs", "a,b"], "--inputs needs a data file"),
         (["--methods", "power_law,,additive"], "invalid --methods"),

@@ -1,9 +1,11 @@
 """discover: reasons for methods without a formula, constant inputs, the network's method."""
 
 import numpy as np
+import pytest
 import sympy
 import torch
 
+from multkan import InvalidParameterError
 from multkan.datasets import dataset_from_arrays
 from multkan.discover import METHODS, discover
 
@@ -58,3 +60,40 @@ def test_progress_bar_ends_full_on_early_stop(capsys):
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert "100%" in bar
     assert "1/1" in bar
+
+
+def test_time_limit_skips_later_methods(monkeypatch):
+    import multkan.discover
+
+    rng = np.random.default_rng(4)
+    x = rng.uniform(1, 2, (200, 2))
+    data = _dataset(x, x[:, 0] * x[:, 1])
+    ran = []
+    original = multkan.discover._run_method
+
+    def recording(method, *arguments, **options):
+        ran.append(method)
+        return original(method, *arguments, **options)
+
+    monkeypatch.setattr(multkan.discover, "_run_method", recording)
+    # A limit this small is reached by the time the first method has found its formula.
+    result = discover(data, ["a", "b"], methods=("power_law", "separable_product", "additive"), time_limit=1e-9, progress=False)
+    assert ran == ["power_law"]
+    assert result.method == "power_law"
+    assert result.skipped["separable_product"] == "not run: the time limit of 1e-09 s was reached"
+    assert result.skipped["additive"] == result.skipped["separable_product"]
+
+
+def test_time_limit_waits_for_a_first_formula():
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-2, 2, (200, 2))
+    # power_law finds nothing on negative inputs, so the next method still runs.
+    result = discover(_dataset(x, x[:, 0] + x[:, 1]), ["a", "b"], methods=("power_law", "additive"), time_limit=1e-9, progress=False)
+    assert result.method == "additive"
+
+
+def test_invalid_time_limit_raises():
+    rng = np.random.default_rng(6)
+    x = rng.uniform(1, 2, (50, 2))
+    with pytest.raises(InvalidParameterError, match="invalid time_limit"):
+        discover(_dataset(x, x[:, 0]), ["a", "b"], time_limit=0, progress=False)

@@ -454,3 +454,23 @@ def test_cancelling_fit_keeps_a_clearly_better_score():
     assert float(fit.r2[0, 0]) > 0.999
     ranking = rank_candidates(fit)
     assert fit.names[int(ranking.best[0])] == "sin"
+
+
+def test_simplest_choice_against_the_score():
+    from multkan.symbolic.edges import _simplest_choices
+
+    fit = make_fit(
+        [
+            # x leaves 8 times the unexplained variance: the score takes arcsin, "simplest" x.
+            [1 - 1e-4, 1 - 8e-4],
+            # A sliver that fits the spline's wiggles (1 - r2 6e-8) against x (1.4e-5): both take x.
+            [1 - 6e-8, 1 - 1.4e-5],
+            # x leaves 1e-3 against an exact fit: both keep arcsin.
+            [1 - 1e-12, 1 - 1e-3],
+        ],
+        ("arcsin", "x"),
+    )
+    ranking = rank_candidates(fit)
+    assert ranking.best_names == ["arcsin", "x", "arcsin"]
+    choices = _simplest_choices(fit, 0.0, 10.0, ranking.best)
+    assert [fit.names[c] for c in choices] == ["x", "x", "arcsin"]

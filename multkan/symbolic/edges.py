@@ -15,7 +15,7 @@ import torch
 
 from ..errors import SymbolicError, SymbolicFitWarning, invalid_parameter
 from ..graph import EdgeId, graph_layers
-from .fitting import UNEXPLAINED_FLOOR, fit_affine, rank_candidates
+from .fitting import fit_affine, rank_candidates
 from .library import SymbolicFunction, SymbolicLibrary
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ def _collapse_chains(model, inputs, library, a_range, b_range, weight_simple, r2
         )
     fit = fit_affine(chain_x, chain_y, library, a_range=a_range, b_range=b_range)
     ranking = rank_candidates(fit, None, weight_simple=weight_simple, r2_threshold=r2_threshold)
-    choices = _simplest_choices(fit, r2_threshold, r2_factor) if selection == "simplest" else ranking.best.tolist()
+    choices = _simplest_choices(fit, r2_threshold, r2_factor, ranking.best) if selection == "simplest" else ranking.best.tolist()
     report = []
     for row, (first, second) in enumerate(chains):
         best = int(choices[row])
@@ -256,11 +256,20 @@ def _collapse_chains(model, inputs, library, a_range, b_range, weight_simple, r2
     return report
 
 
-def _simplest_choices(fit, r2_threshold: float, r2_factor: float) -> list[int]:
+# The least unexplained variance _simplest_choices multiplies by r2_factor.
+# With 1e-5 and the default factor 10, x (1 - r2 1.4e-5) wins over a sliver
+# of tan (6e-8) on the edges of x * y. x^2 (about 1e-3) still loses to
+# exp(-x^2 / 2) on [1, 3].
+SIMPLEST_FLOOR = 1e-5
+
+
+def _simplest_choices(fit, r2_threshold: float, r2_factor: float, scored: torch.Tensor) -> list[int]:
     """Index of the least complex candidate within ``r2_factor`` of the best unexplained variance, per edge.
 
-    Unexplained variances are compared with UNEXPLAINED_FLOOR added, as in
-    :func:`multkan.symbolic.rank_candidates`.
+    The best unexplained variance counts as at least SIMPLEST_FLOOR, so the
+    limit is never below ``r2_factor * SIMPLEST_FLOOR``. The candidate that
+    ranks first by score (``scored``, -1 for none) is always eligible, so
+    this choice is never more complex than the ranking's.
     """
     r2 = torch.where(fit.valid, fit.r2.to(torch.float64), -torch.inf)
     complexity = torch.tensor([f.complexity for f in fit.functions], dtype=torch.float64)
@@ -272,9 +281,10 @@ def _simplest_choices(fit, r2_threshold: float, r2_factor: float) -> list[int]:
         if not best_r2 >= r2_threshold:
             choices.append(-1)
             continue
-        # As in the ranking score, differences below UNEXPLAINED_FLOOR are no evidence.
-        limit = r2_factor * (1.0 - best_r2 + UNEXPLAINED_FLOOR) + 1e-12
-        eligible = (1.0 - r2[row] + UNEXPLAINED_FLOOR <= limit) & (r2[row] >= r2_threshold)
+        limit = r2_factor * max(1.0 - best_r2, SIMPLEST_FLOOR) + 1e-12
+        eligible = (1.0 - r2[row] <= limit) & (r2[row] >= r2_threshold)
+        if int(scored[row]) >= 0:
+            eligible[int(scored[row])] = True
         order = sorted(
             eligible.nonzero().flatten().tolist(),
             key=lambda j: (float(complexity[j]), bool(cancels[row, j]), -float(r2[row, j])),
@@ -304,10 +314,11 @@ def auto_symbolic(
     ``selection="simplest"`` it takes the least complex candidate whose
     unexplained variance ``1 - r2`` is at most ``r2_factor`` times that of
     the best fit, which prefers ``x`` over a slightly better ``arcsin`` on
-    a nearly straight edge. Both rules add ``UNEXPLAINED_FLOOR`` (1e-4) to
-    ``1 - r2`` first: a trained spline is only about that close to the
-    function it approximates, so a sliver of ``tan`` that also fits the
-    spline's small wiggles does not beat ``x``. Among equally complex candidates it prefers one
+    a nearly straight edge. A trained spline is only so close to the
+    function it approximates, so the score adds ``UNEXPLAINED_FLOOR``
+    (1e-4) to ``1 - r2`` and "simplest" counts the best ``1 - r2`` as at
+    least ``SIMPLEST_FLOOR`` (1e-5). So a sliver of ``tan`` that also fits
+    the spline's small wiggles does not beat ``x``. Among equally complex candidates it prefers one
     that does not cancel large terms (:meth:`AffineFit.cancels`). Neither
     rule sets a clean edge (best r2 > 0.99) to the constant ``0``.
 
@@ -348,7 +359,7 @@ def auto_symbolic(
             continue
         fit = _fit_edges(model, inputs, layer, edges, library, a_range, b_range)
         ranking = rank_candidates(fit, None, weight_simple=weight_simple, r2_threshold=r2_threshold)
-        choices = _simplest_choices(fit, r2_threshold, r2_factor) if selection == "simplest" else ranking.best.tolist()
+        choices = _simplest_choices(fit, r2_threshold, r2_factor, ranking.best) if selection == "simplest" else ranking.best.tolist()
         for row, edge in enumerate(edges):
             best = int(choices[row])
             if best < 0:
