@@ -121,7 +121,18 @@ def _labels(f: Callable, x: torch.Tensor) -> torch.Tensor:
         labels = labels[:, None]
     if labels.ndim != 2 or labels.shape[0] != x.shape[0]:
         raise InvalidDataError(f"invalid labels from f: expected shape ({x.shape[0]},) or ({x.shape[0]}, n_out), received {tuple(labels.shape)}")
+    if x.shape[0] > 1 and labels.shape[1] == x.shape[0] and _broadcast(f, x):
+        raise InvalidDataError(
+            f"invalid labels from f: shape {tuple(labels.shape)}, one column per row, because f combined an (n,) and "
+            "an (n, 1) tensor, such as x[:, 0] + x[:, [1]]. Index columns the same way: x[:, 0] + x[:, 1], or x[:, [0]] + x[:, [1]]"
+        )
     return labels
+
+
+def _broadcast(f: Callable, x: torch.Tensor) -> bool:
+    """Return whether ``f`` on ``x`` without its last row gives one column fewer, the sign of an (n,) + (n, 1) broadcast."""
+    shorter = torch.as_tensor(f(x[:-1]))
+    return shorter.ndim == 2 and shorter.shape == (x.shape[0] - 1, x.shape[0] - 1)
 
 
 def _finite_rows(x: torch.Tensor, labels: torch.Tensor, part: str, nonfinite: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -86,3 +86,15 @@ def test_drop_leaving_no_rows_raises():
 def test_invalid_nonfinite_option(value):
     with pytest.raises(InvalidParameterError, match="invalid nonfinite: expected 'raise' or 'drop'"):
         create_dataset(lambda x: x[:, 0], n_var=1, train_num=5, test_num=5, nonfinite=value)
+
+
+def test_broadcast_labels_raise_with_the_cause():
+    # x[:, [0]] + x[:, 1] is (n, 1) + (n,), which torch broadcasts to (n, n).
+    with pytest.raises(InvalidDataError, match=r"shape \(1000, 1000\), one column per row, because f combined an \(n,\) and an \(n, 1\)"):
+        create_dataset(lambda x: x[:, [0]] + x[:, 1], n_var=2)
+
+
+def test_as_many_outputs_as_rows_without_broadcast():
+    # A function with truly n outputs is kept, odd as it is.
+    data = create_dataset(lambda x: x[:, :1].expand(-1, 4) * torch.arange(4), n_var=1, train_num=4, test_num=4)
+    assert data["train_label"].shape == (4, 4)
