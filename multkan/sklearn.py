@@ -12,7 +12,7 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .errors import InvalidDataError, invalid_parameter
+from .errors import InvalidDataError, InvalidParameterError, invalid_parameter
 from .model import MultKAN
 
 __all__ = ["KANRegressor"]
@@ -180,10 +180,9 @@ class KANRegressor(RegressorMixin, BaseEstimator):
         # Built once without names so that a width that does not match X and y is reported as such.
         model = MultKAN(width, **options)
         if model.n_inputs != n_features or model.n_outputs != targets.shape[1]:
-            raise invalid_parameter(
-                "width",
-                f"{n_features} inputs and {targets.shape[1]} outputs to match X and y",
-                f"{self.width} with {model.n_inputs} inputs and {model.n_outputs} outputs",
+            raise InvalidParameterError(
+                f"invalid width: expected {n_features} inputs and {targets.shape[1]} outputs to match X and y, "
+                f"received {self.width!r} with {model.n_inputs} inputs and {model.n_outputs} outputs"
             )
         model = MultKAN(width, input_names=self._input_names(n_features), **options)
 

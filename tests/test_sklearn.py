@@ -1,6 +1,7 @@
 """KANRegressor: the scikit-learn estimator checks, accuracy, parameters, pipelines and symbolic formulas."""
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -244,3 +245,10 @@ def test_selection_in_params_and_clone():
     model.set_params(selection="simplest")
     assert model.selection == "simplest"
     assert clone(model).get_params()["selection"] == "simplest"
+
+
+def test_width_mismatch_message():
+    X, y = _product_data(40, seed=0)
+    message = "invalid width: expected 2 inputs and 1 outputs to match X and y, received [3, 3, 1] with 3 inputs and 1 outputs"
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
+        KANRegressor(width=[3, 3, 1], steps=1).fit(X, y)
