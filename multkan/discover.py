@@ -448,6 +448,8 @@ def discover(
         finally:
             bar.update(1)
     bar.close()
+    # In the order the methods were given, whenever each was ruled out.
+    skipped = {method: skipped[method] for method in methods if method in skipped}
 
     if not candidates:
         reasons = "; ".join(f"{method}: {reason}" for method, reason in skipped.items())

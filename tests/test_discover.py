@@ -97,3 +97,11 @@ def test_invalid_time_limit_raises():
     x = rng.uniform(1, 2, (50, 2))
     with pytest.raises(InvalidParameterError, match="invalid time_limit"):
         discover(_dataset(x, x[:, 0]), ["a", "b"], time_limit=0, progress=False)
+
+
+def test_skipped_methods_in_the_given_order():
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-2, 2, (200, 2))
+    # multiplicative is ruled out before any method runs, power_law when it runs.
+    result = discover(_dataset(x, x[:, 0] + x[:, 1]), ["a", "b"], methods=("power_law", "multiplicative", "additive"), progress=False)
+    assert list(result.skipped) == ["power_law", "multiplicative"]
