@@ -105,3 +105,25 @@ def test_skipped_methods_in_the_given_order():
     # multiplicative is ruled out before any method runs, power_law when it runs.
     result = discover(_dataset(x, x[:, 0] + x[:, 1]), ["a", "b"], methods=("power_law", "multiplicative", "additive"), progress=False)
     assert list(result.skipped) == ["power_law", "multiplicative"]
+
+
+def test_network_order_follows_the_formula():
+    from multkan.discover import _network_order
+
+    a, b = sympy.symbols("a b", positive=True)
+    remaining = ["power_law_group", "additive", "multiplicative", "mult_node"]
+    assert _network_order(3 * a * b**2, remaining) == ["multiplicative", "mult_node", "power_law_group", "additive"]
+    assert _network_order(a**2, remaining)[0] == "multiplicative"
+    # The CLI's default run puts mult_node before multiplicative, and that order stays.
+    assert _network_order(a * b, ["mult_node", "additive", "multiplicative"]) == ["mult_node", "multiplicative", "additive"]
+    assert _network_order(a + sympy.sin(b) + 1, remaining) == ["additive", "power_law_group", "multiplicative", "mult_node"]
+    assert _network_order(sympy.sin(a * b), remaining) == remaining
+    assert _network_order(a * b, ["additive"]) == ["additive"]
+
+
+def test_network_after_a_product_formula_is_multiplicative():
+    rng = np.random.default_rng(8)
+    x = rng.uniform(1, 5, (300, 2))
+    result = discover(_dataset(x, x[:, 0] * x[:, 1] ** 2), ["a", "b"], methods=METHODS, stop_rmse=1e-6, stop_needs_network=True, progress=False)
+    assert result.method == "power_law"
+    assert result.network_method == "multiplicative"
