@@ -379,7 +379,7 @@ def _build_model(metadata: Mapping[str, str], path: str, device: torch.device):
 
 
 def _is_extra_state(name: str) -> bool:
-    """Return whether a ``state_dict`` key holds a module's extra state rather than a parameter or buffer."""
+    """Return whether a ``state_dict`` key is a module's extra state rather than a parameter or buffer."""
     return name.rsplit(".", 1)[-1] == "_extra_state"
 
 

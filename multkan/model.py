@@ -589,7 +589,7 @@ def _replace(options: CompileOptions, **changes) -> CompileOptions:
 def _resolve_loaded_symbolic(model: MultKAN, incompatible_keys) -> None:
     """After ``load_state_dict``, look up the function of every symbolic edge in the model's library.
 
-    The state holds each edge's function by name (see
+    The state contains each edge's function by name (see
     :meth:`MultKANLayer.get_extra_state`). Raises
     :class:`~multkan.errors.InvalidParameterError` when a name is not in
     the library or the symbolic edges disagree with ``symbolic_mask``.
@@ -618,7 +618,7 @@ def _forward_in_chunks(layer: MultKANLayer, values: torch.Tensor) -> torch.Tenso
     """Return ``layer(values)``, computed on chunks of rows whose basis takes about GRID_UPDATE_BYTES.
 
     After a grid update the knots are unequally spaced, so the basis takes
-    the dense recursion over all knots: on a [400, 16] layer with grid 15
+    the dense recursion over all knots. On a [400, 16] layer with grid 15
     and k 5, the 4096 rows of a grid update took 450 MiB in one pass.
     """
     per_row = layer.n_in * layer.grid.shape[-1] * values.element_size() * 3

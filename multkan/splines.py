@@ -633,7 +633,7 @@ def fit_coefficients(
     x : tensor of shape (batch, n_in)
     y : tensor of shape (batch, n_in, n_out), or a function of a row slice
         returning the targets of those rows. The normal equations are sums
-        over rows, taken in chunks; a function computes each chunk's targets
+        over rows, taken in chunks. A function computes each chunk's targets
         when it is needed, so the targets of all rows never exist at once.
     grid : tensor of shape (n_in, G + 2k + 1)
     k : int

@@ -656,7 +656,13 @@ def _partitions(n_var: int, limit: int) -> list[tuple[tuple[int, ...], tuple[int
                     if not (additive or product):
                         continue
                     prefactor = tuple(i for i in outside if i not in product)
-                    labels = tuple(0 if i in prefactor else 1 if i in additive else 2 for i in range(n_var))
+                    # Label 0 for the prefactor, 1 for the additive terms, 2 for the inner product.
+                    labels = [1] * n_var
+                    for i in prefactor:
+                        labels[i] = 0
+                    for i in product:
+                        labels[i] = 2
+                    labels = tuple(labels)
                     level.append((labels, (prefactor, additive, product)))
         level.sort(key=lambda entry: entry[0])
         found.extend(partition for _, partition in level[: limit - len(found)])

@@ -15,7 +15,7 @@ The features of the first layer depend only on the inputs and the grid,
 not on any parameter, so they are kept between evaluations while the
 inputs and the grid are unchanged (full-batch training). The feature
 tensors of the later layers are written into the same memory at every
-evaluation of the same shape: a fresh allocation of a few MiB costs a page
+evaluation of the same shape. A fresh allocation of a few MiB costs a page
 fault per 4 KiB whenever the C library has returned the memory to the
 system.
 """

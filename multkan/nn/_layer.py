@@ -187,7 +187,7 @@ def _uniform_local_rows(inputs, k, uniform, values, with_derivative):
 def _all_functions_exist(interval: torch.Tensor, k: int, n_basis: int) -> bool:
     """Return whether every point's ``k + 1`` functions ``B_{mu-k} .. B_mu`` have indices in ``[0, n_basis)``.
 
-    ``interval`` holds the interval indices ``mu`` as floating-point numbers.
+    ``interval`` contains the interval indices ``mu`` as floating-point numbers.
 
     Checked on the CPU only, where reading the answer costs no device synchronisation.
     """
@@ -677,7 +677,7 @@ class MultKANLayer(nn.Module):
         self._groups = None
 
     def get_extra_state(self) -> torch.Tensor:
-        """Return the layer state that no tensor holds, for ``state_dict``.
+        """Return the layer state that no tensor contains, for ``state_dict``.
 
         That is a JSON object with ``symbolic_names``, a list of ``[source,
         target, name]`` for every symbolic edge, and ``uniform``, the knot
