@@ -27,6 +27,7 @@ _CLI_WORDING = (
     (re.compile(r" \(min_rows=\d+\)\. Add rows or lower min_rows\."), ". Add rows."),
     (re.compile(r"Call list_equations\(\) for all ids\."), lambda match: _equation_ids_hint()),
     (re.compile(r"Check the data or give more samples\."), "Check the data, add rows (or raise --samples), or try more --methods."),
+    (re.compile(r"Raise time_limit\."), "Raise --time-limit."),
 )
 
 
@@ -447,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="start no further method after this many seconds once a formula is found; a method already running finishes (default: no limit)",
+        help="start no further method, and stop the structure searches, after this many seconds; a network being trained finishes (default: no limit)",
     )
     discover.add_argument("--quiet", action="store_true", help="hide progress bars")
     discover.add_argument("--json", action="store_true", help="print the report as JSON instead of a summary")

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .datasets import DATASET_KEYS, check_finite
 from .errors import InvalidDataError, MultKANWarning, invalid_parameter
-from .structure import _complexity, factored_sum, power_law_group, separable_product
+from .structure import SearchTimeout, _complexity, factored_sum, power_law_group, separable_product
 from .symbolic.formula import _snap_constant, formula_error, simplify_constants, snap_formula_constants, snap_value
 
 __all__ = ["Candidate", "DiscoveryResult", "discover", "equivalent"]
@@ -377,9 +377,11 @@ def discover(
         With ``stop_rmse``, keep going until some method has also trained a
         network, so that the result has one to plot and save.
     time_limit : float, optional
-        Seconds after which no further method starts once some method has
-        found a formula; the methods left are listed in ``skipped``. A
-        method that has started runs to its end, so a run can take longer.
+        Seconds after which no further method starts and the structure
+        searches stop; those methods are listed in ``skipped``. A method
+        that trains a network runs to its end, so a run can take longer.
+        When no method has found a formula by then, discover raises
+        InvalidDataError as for a run where every method failed.
     progress : bool
         Show progress bars.
 
@@ -399,6 +401,7 @@ def discover(
     if not isinstance(dataset, dict):
         raise invalid_parameter("dataset", "a dict with train_input, train_label, test_input and test_label (see create_dataset or dataset_from_arrays)", type(dataset).__name__)
     start = time.perf_counter()
+    deadline = None if time_limit is None else start + time_limit
     data, symbols = _prepare(dataset, var_names)
     n_var = len(symbols)
     candidates: list[Candidate] = []
@@ -423,7 +426,7 @@ def discover(
         method = stages[position]
         bar.set_postfix_str(method)
         try:
-            if time_limit is not None and candidates and time.perf_counter() - start >= time_limit:
+            if deadline is not None and time.perf_counter() >= deadline:
                 skipped[method] = f"not run: the time limit of {time_limit:g} s was reached"
                 continue
             if stop_rmse is not None and method in NETWORKLESS_METHODS and any(c.test_rmse <= stop_rmse * scale for c in candidates):
@@ -431,7 +434,10 @@ def discover(
                 skipped[method] = "not run: an earlier formula already fits to stop_rmse"
                 continue
             try:
-                candidate = _run_method(method, data, symbols, seed=seed, steps=steps, widths_tried=widths_tried)
+                candidate = _run_method(method, data, symbols, seed=seed, steps=steps, widths_tried=widths_tried, deadline=deadline)
+            except SearchTimeout:
+                skipped[method] = f"stopped: the time limit of {time_limit:g} s was reached"
+                continue
             except (ArithmeticError, ValueError, RuntimeError) as error:
                 logger.warning("method %s failed: %s", method, error)
                 skipped[method] = f"failed: {error}"
@@ -460,6 +466,8 @@ def discover(
 
     if not candidates:
         reasons = "; ".join(f"{method}: {reason}" for method, reason in skipped.items())
+        if deadline is not None and time.perf_counter() >= deadline:
+            raise InvalidDataError(f"discover found no formula within the time limit of {time_limit:g} s ({reasons}). Raise time_limit.")
         raise InvalidDataError(f"discover found no formula: every method failed on this data ({reasons}). Check the data or give more samples.")
     chosen, pareto = _choose(candidates, tolerance, float(y_train.abs().max()))
     network, network_method = _network_of(chosen, candidates)
@@ -506,7 +514,7 @@ def _network_order(formula: sympy.Expr, remaining: list[str]) -> list[str]:
     return [method for method in remaining if method in matching] + [method for method in remaining if method not in matching]
 
 
-def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidate | str:
+def _run_method(method, data, symbols, *, seed, steps, widths_tried, deadline=None) -> Candidate | str:
     """Run one method; return its candidate, or the reason it found none."""
     n_var = len(symbols)
     if method == "power_law":
@@ -517,7 +525,7 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried) -> Candidat
         return Candidate("power_law", expression, _complexity(expression), train, test)
 
     if method in STRUCTURE_SEARCHES:
-        expression = STRUCTURE_SEARCHES[method](data["train_input"], data["train_label"], symbols)
+        expression = STRUCTURE_SEARCHES[method](data["train_input"], data["train_label"], symbols, deadline=deadline)
         if expression is None:
             return "no formula of this structure fits" if method != "power_law_group" else "no formula of this structure, other than a plain power law, fits"
         expression = _clean(expression)

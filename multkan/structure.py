@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -358,6 +359,16 @@ def _chebyshev_basis(values: np.ndarray, degree: int = _CHEBYSHEV_DEGREE) -> np.
     return np.polynomial.chebyshev.chebvander(2.0 * (values - low) / (high - low) - 1.0, degree)
 
 
+class SearchTimeout(Exception):
+    """Raised inside a structure search when its deadline has passed."""
+
+
+def _check_deadline(deadline: float | None) -> None:
+    """Raise SearchTimeout when ``deadline`` (a ``time.perf_counter()`` value) has passed."""
+    if deadline is not None and time.perf_counter() >= deadline:
+        raise SearchTimeout
+
+
 def _groups(n_var: int, max_total: int = 6000, max_size: int | None = None, squared_size: int = 3) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Yield ``(indices, exponents)`` of monomial groups, smallest first.
 
@@ -379,7 +390,7 @@ def _groups(n_var: int, max_total: int = 6000, max_size: int | None = None, squa
                     return
 
 
-def power_law_group(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Symbol]) -> sympy.Expr | None:
+def power_law_group(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Symbol], *, deadline: float | None = None) -> sympy.Expr | None:
     """Fit ``y = prod_i x_i^a_i * g(z)`` with ``z`` a monomial group of the inputs.
 
     Needs positive inputs and a one-signed target. Every candidate group
@@ -391,6 +402,8 @@ def power_law_group(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Sy
     whole formula are refitted and snapped. Returns None when the inputs
     or target do not qualify, when a plain power law already fits (a
     simpler method finds it) or when no group fits.
+    With ``deadline`` (a ``time.perf_counter()`` value) it raises
+    :class:`SearchTimeout` once the deadline has passed.
     """
     x = np.asarray(torch.as_tensor(x, dtype=torch.float64))
     y = np.asarray(torch.as_tensor(y, dtype=torch.float64)).reshape(-1)
@@ -407,6 +420,7 @@ def power_law_group(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Sy
         return None
     scored = []
     for indices, exponents in _groups(n_var):
+        _check_deadline(deadline)
         log_group = logs[:, list(indices)] @ np.array(exponents, dtype=float)
         basis = _chebyshev_basis(log_group)
         if basis is None:
@@ -454,7 +468,9 @@ def _formula_with_group(x, y, symbols, indices, exponents) -> sympy.Expr | None:
     return _refit_and_snap(prefactor * fitted[0].xreplace({group_symbol: group}), symbols, x, y)
 
 
-def separable_product(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Symbol], *, sweeps: int = 40) -> sympy.Expr | None:
+def separable_product(
+    x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Symbol], *, sweeps: int = 40, deadline: float | None = None
+) -> sympy.Expr | None:
     """Fit ``y = prod_k g_k(t_k)`` by alternating least squares, then name each factor.
 
     The features ``t_k`` are first the inputs themselves. When that product
@@ -467,7 +483,9 @@ def separable_product(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.
     changes sign or touches 0, as in ``r * F * sin(theta)``. When the
     relative RMSE of the product is below ``1e-4``, every non-constant
     factor goes to :func:`fit_univariate` and the constants of the product
-    are refitted and snapped. Returns None otherwise.
+    are refitted and snapped. Returns None otherwise. With ``deadline`` (a
+    ``time.perf_counter()`` value) it raises :class:`SearchTimeout` once the
+    deadline has passed.
     """
     x = np.asarray(torch.as_tensor(x, dtype=torch.float64))
     y = np.asarray(torch.as_tensor(y, dtype=torch.float64)).reshape(-1)
@@ -477,7 +495,7 @@ def separable_product(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.
     features = [(x[:, i], symbols[i]) for i in range(n_var)]
     fitted = _alternating_product([values for values, _ in features], y, sweeps)
     if fitted is None and bool((x != 0).all()):
-        fitted, features = _product_with_group(x, y, symbols, sweeps)
+        fitted, features = _product_with_group(x, y, symbols, sweeps, deadline)
     if fitted is None:
         return None
 
@@ -555,12 +573,13 @@ def _alternating_product(features: list[np.ndarray], y: np.ndarray, sweeps: int,
     return amplitude, [factors.get(k) for k in range(len(features))]
 
 
-def _product_with_group(x, y, symbols, sweeps) -> tuple[tuple[float, list] | None, list]:
+def _product_with_group(x, y, symbols, sweeps, deadline=None) -> tuple[tuple[float, list] | None, list]:
     """Try every group of two or three inputs as one feature of the product; keep the best fit."""
     n_var = x.shape[1]
     rows = np.linspace(0, len(y) - 1, min(len(y), _SCREEN_ROWS)).astype(int)
     best = None
     for indices, exponents in _groups(n_var, max_total=800, max_size=3, squared_size=2):
+        _check_deadline(deadline)
         group = np.prod([x[rows, i] ** e for i, e in zip(indices, exponents)], axis=0)
         screen = [x[rows, i] for i in range(n_var) if i != indices[0]] + [group]
         result = _alternating_product(screen, y[rows], 15, tolerance=1e-3)
@@ -579,7 +598,15 @@ def _product_with_group(x, y, symbols, sweeps) -> tuple[tuple[float, list] | Non
     return _alternating_product([values for values, _ in features], y, sweeps), features
 
 
-def factored_sum(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Symbol], *, sweeps: int = 300, max_partitions: int = 800) -> sympy.Expr | None:
+def factored_sum(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    symbols: Sequence[sympy.Symbol],
+    *,
+    sweeps: int = 300,
+    max_partitions: int = 800,
+    deadline: float | None = None,
+) -> sympy.Expr | None:
     """Fit ``y = prod_{i in S} g_i(x_i) * (sum_{j in R} h_j(x_j) + C + prod_{k in Q} q_k(x_k))``.
 
     This covers a power law or product times a sum, such as ``q * (E + B *
@@ -594,6 +621,8 @@ def factored_sum(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Symbo
     below ``1e-4`` has every non-constant function
     named by :func:`fit_univariate`, and the constants of the formula are
     refitted and snapped. Returns None when no assignment fits.
+    With ``deadline`` (a ``time.perf_counter()`` value) it raises
+    :class:`SearchTimeout` once the deadline has passed.
     """
     x = np.asarray(torch.as_tensor(x, dtype=torch.float64))
     y = np.asarray(torch.as_tensor(y, dtype=torch.float64)).reshape(-1)
@@ -605,11 +634,13 @@ def factored_sum(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Symbo
     rows = np.linspace(0, len(y) - 1, min(len(y), _SCREEN_ROWS)).astype(int)
     screened = []
     for partition in _partitions(n_var, max_partitions):
+        _check_deadline(deadline)
         fitted = _fit_factored_sum(x[rows], y[rows], partition, 15, tolerance=math.inf)
         if fitted is not None:
             screened.append((fitted[0], partition))
     fitted = None
     for _, partition in sorted(screened, key=lambda entry: entry[0])[:3]:
+        _check_deadline(deadline)
         fitted = _fit_factored_sum(x, y, partition, sweeps, tolerance=1e-4)
         if fitted is not None:
             break

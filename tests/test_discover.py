@@ -5,7 +5,7 @@ import pytest
 import sympy
 import torch
 
-from multkan import InvalidParameterError
+from multkan import InvalidDataError, InvalidParameterError
 from multkan.datasets import dataset_from_arrays
 from multkan.discover import METHODS, discover
 
@@ -63,6 +63,8 @@ def test_progress_bar_ends_full_on_early_stop(capsys):
 
 
 def test_time_limit_skips_later_methods(monkeypatch):
+    import time as clock
+
     import multkan.discover
 
     rng = np.random.default_rng(4)
@@ -70,26 +72,51 @@ def test_time_limit_skips_later_methods(monkeypatch):
     data = _dataset(x, x[:, 0] * x[:, 1])
     ran = []
     original = multkan.discover._run_method
+    now = clock.perf_counter
 
     def recording(method, *arguments, **options):
         ran.append(method)
-        return original(method, *arguments, **options)
+        result = original(method, *arguments, **options)
+        # The limit passes while the first method runs.
+        monkeypatch.setattr(clock, "perf_counter", lambda: now() + 1000.0)
+        return result
 
     monkeypatch.setattr(multkan.discover, "_run_method", recording)
-    # A limit this small is reached by the time the first method has found its formula.
-    result = discover(data, ["a", "b"], methods=("power_law", "separable_product", "additive"), time_limit=1e-9, progress=False)
+    result = discover(data, ["a", "b"], methods=("power_law", "separable_product", "additive"), time_limit=10, progress=False)
     assert ran == ["power_law"]
     assert result.method == "power_law"
-    assert result.skipped["separable_product"] == "not run: the time limit of 1e-09 s was reached"
+    assert result.skipped["separable_product"] == "not run: the time limit of 10 s was reached"
     assert result.skipped["additive"] == result.skipped["separable_product"]
 
 
-def test_time_limit_waits_for_a_first_formula():
+def test_time_limit_before_any_formula_raises():
     rng = np.random.default_rng(5)
-    x = rng.uniform(-2, 2, (200, 2))
-    # power_law finds nothing on negative inputs, so the next method still runs.
-    result = discover(_dataset(x, x[:, 0] + x[:, 1]), ["a", "b"], methods=("power_law", "additive"), time_limit=1e-9, progress=False)
-    assert result.method == "additive"
+    x = rng.uniform(1, 2, (200, 2))
+    with pytest.raises(InvalidDataError, match=r"no formula within the time limit of 1e-09 s \(power_law: not run: the time limit"):
+        discover(_dataset(x, x[:, 0] * x[:, 1]), ["a", "b"], methods=("power_law", "additive"), time_limit=1e-9, progress=False)
+
+
+def test_time_limit_stops_a_structure_search(monkeypatch):
+    import time as clock
+
+    import multkan.structure
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(1, 2, (200, 4))
+    data = _dataset(x, x[:, 0] * x[:, 1] + x[:, 2] ** 2 + x[:, 3])
+    checks = []
+    original = multkan.structure._check_deadline
+
+    def counting(deadline):
+        checks.append(deadline)
+        if len(checks) == 3:
+            # The limit passes while factored_sum screens its third assignment.
+            monkeypatch.setattr(clock, "perf_counter", lambda: deadline + 1.0)
+        original(deadline)
+
+    monkeypatch.setattr(multkan.structure, "_check_deadline", counting)
+    with pytest.raises(InvalidDataError, match="factored_sum: stopped: the time limit of 1000 s was reached"):
+        discover(data, ["a", "b", "c", "d"], methods=("factored_sum", "additive"), time_limit=1000, progress=False)
 
 
 def test_invalid_time_limit_raises():
