@@ -621,3 +621,18 @@ def test_state_dict_with_invalid_layer_state_raises(change, message):
     change(state)
     with pytest.raises(InvalidParameterError, match=message):
         MultKAN([2, [1, 1], 1], seed=1, dtype=torch.float64).load_state_dict(state)
+
+
+def test_state_dict_size_mismatch_is_torchs_error():
+    source = _symbolic_model()
+    # Another hidden width: torch's size mismatch, not a symbolic-edge complaint.
+    target = MultKAN([2, [2, 1], 1], seed=1, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        target.load_state_dict(source.state_dict())
+    assert all(not layer.symbolic_names for layer in target.layers)
+
+
+def test_state_dict_without_extra_state_is_a_missing_key():
+    state = {name: value for name, value in _symbolic_model().state_dict().items() if not name.endswith("_extra_state")}
+    with pytest.raises(RuntimeError, match="Missing key"):
+        MultKAN([2, [1, 1], 1], seed=1, dtype=torch.float64).load_state_dict(state)

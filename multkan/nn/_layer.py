@@ -727,6 +727,18 @@ class MultKANLayer(nn.Module):
         self.uniform = decoded["uniform"]
         self._groups = None
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # When a tensor of this layer fails to load (a size mismatch), torch reports it after the
+        # model's load hook, so the hook must not check this layer's half-loaded state first.
+        errors_before = len(error_msgs)
+        before = (self.symbolic_names, self.symbolic_functions, self.uniform)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self._load_failed = len(error_msgs) > errors_before
+        if self._load_failed:
+            # Keep the edge names that match the tensors left in place.
+            self.symbolic_names, self.symbolic_functions, self.uniform = before
+            self._groups = None
+
     def set_zero(self, source: int, target: int) -> None:
         """Switch edge ``(source, target)`` off."""
         with torch.no_grad():
