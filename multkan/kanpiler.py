@@ -283,8 +283,9 @@ def kanpile(
     Returns
     -------
     MultKAN
-        Every edge is symbolic; ``model.symbolic_formula()`` gives back an
-        expression equal to ``expression``.
+        Every edge is symbolic. ``model.symbolic_formula()`` gives back an
+        expression that is numerically equal to ``expression``: constants
+        become floats (``pi`` as 3.14159...) and the symbols are real.
 
     Examples
     --------
@@ -297,7 +298,14 @@ def kanpile(
     """
     from .model import MultKAN
 
-    expression = sympy.sympify(expression)
+    try:
+        expression = sympy.sympify(expression)
+    except (sympy.SympifyError, TypeError) as error:
+        raise InvalidParameterError(f"invalid expression: cannot read {expression!r} as a formula ({error})") from error
+    if not isinstance(expression, sympy.Expr) or expression.has(sympy.I, sympy.zoo, sympy.nan, sympy.oo):
+        raise InvalidParameterError(
+            f"invalid expression: expected one real sympy expression, such as 'x*sin(y)', received {expression!r}"
+        )
     if variables is None:
         variables = sorted(expression.free_symbols, key=lambda s: s.name)
     symbols = [sympy.Symbol(v) if isinstance(v, str) else v for v in variables]

@@ -327,6 +327,13 @@ def fit(
     from that evaluation instead of a second forward pass. The last step
     and steps followed by a grid update are evaluated separately.
     """
+    if model.device.type == "meta":
+        raise invalid_parameter(
+            "model",
+            "a model with values; a meta model has only shapes, so create it on a real device "
+            "or call model.to_empty(device='cpu') and load its parameters first",
+            f"a model on the {model.device} device",
+        )
     loss, loss_kind = _loss_function(loss_fn, model.n_outputs)
     data = prepare_dataset(model, dataset, loss_kind)
     n_train = data["train_input"].shape[0]

@@ -104,3 +104,9 @@ def test_output_name_avoids_an_input_name():
     assert "f" in names(kanpile("x*y"))
     assert "y" in names(kanpile("a*b"))
     assert "g" in names(kanpile("x*y", output_name="g"))
+
+
+@pytest.mark.parametrize("text", ["x*I", "[x, y]", "x + oo", "x +* y"])
+def test_non_real_or_unreadable_expressions_raise(text):
+    with pytest.raises(InvalidParameterError, match="invalid expression"):
+        kanpile(text)

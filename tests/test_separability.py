@@ -1,5 +1,6 @@
 """Separability and symmetry from second derivatives, on closed forms, compiled formulas and trained networks."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,3 +125,25 @@ def test_linear_function_has_no_interactions():
     # The gradient is constant, so autograd has no graph for the second derivatives.
     scores = interaction_scores(lambda v: 2 * v[:, 0] - v[:, 1], _rows(2))
     assert float(scores.abs().max()) == 0.0
+
+
+def test_constant_function_is_fully_separable():
+    result = detect_separability(lambda v: torch.ones(v.shape[0], dtype=v.dtype), _rows(3))
+    assert result.groups == ((0,), (1,), (2,))
+    assert float(result.scores.abs().max()) == 0.0
+
+
+def test_function_outside_torch_raises():
+    def through_numpy(v):
+        values = v.detach().numpy()
+        return torch.tensor(np.sin(values[:, 0]) * values[:, 1])
+
+    with pytest.raises(InvalidDataError, match="do not depend on x through torch operations"):
+        detect_separability(through_numpy, _rows(2))
+
+
+def test_numpy_indices_accepted():
+    x = _rows(3)
+    assert symmetry(lambda v: v[:, 0] * v[:, 1] + v[:, 2], x, np.array([0, 1]))[0]
+    two = MultKAN([3, 2], seed=0)
+    assert detect_separability(two, x, output=np.int64(1)).scores.shape == (3, 3)

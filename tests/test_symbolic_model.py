@@ -370,3 +370,21 @@ def test_simplify_constants_sets_absorbed_factors_to_one():
     y = x[:, 0] * x[:, 1]
     redundant = sympy.Float(14.1270914) * (sympy.Float(0.2561903) * x_2) * (sympy.Float(0.2762384) * x_1)
     assert simplify_constants(redundant, [x_1, x_2], x, y) == x_1 * x_2
+
+
+def test_readme_mult_example_reads_back_the_product():
+    # The README's steps: snap_constants, then snap_formula_constants and simplify_constants.
+    # sympy merged a free constant with snapped ones into 1.00000000205749 * x_1 * x_2.
+    from multkan.symbolic.formula import simplify_constants, snap_formula_constants
+
+    data = create_dataset(lambda x: x[:, 0] * x[:, 1], n_var=2, seed=0)
+    model = MultKAN(width=[2, [0, 1], 1], grid=5, k=3, seed=0)
+    model.fit(data, opt="LBFGS", steps=50, update_grid=False, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SymbolicFitWarning)
+        model.auto_symbolic()
+    model.fit(data, steps=20, update_grid=False, progress=False)
+    model.snap_constants(data)
+    x_1, x_2 = sympy.symbols("x_1 x_2", real=True)
+    formula = snap_formula_constants(model.symbolic_formula()[0])
+    assert simplify_constants(formula, [x_1, x_2], data["train_input"], data["train_label"]) == x_1 * x_2

@@ -371,3 +371,9 @@ def test_logged_losses_the_same_in_chunks(monkeypatch):
         histories.append(model.fit(data, opt="Adam", steps=10, batch=64, lr=0.01, log=5, progress=False))
     for key in ("train_loss", "test_loss"):
         assert histories[0][key] == pytest.approx(histories[1][key], rel=1e-12)
+
+
+def test_fit_rejects_a_meta_model():
+    data = create_dataset(lambda x: x[:, 0], n_var=1, train_num=10, test_num=5)
+    with pytest.raises(InvalidParameterError, match="invalid model: .*to_empty"):
+        MultKAN([1, 1], device="meta").fit(data, progress=False)

@@ -28,6 +28,7 @@ a :class:`~multkan.model.MultKAN` or any differentiable torch callable.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -73,8 +74,9 @@ def _as_function(function, output: int | None) -> tuple[Callable[[torch.Tensor],
             if n_outputs != 1:
                 raise invalid_parameter("output", f"an output index in [0, {n_outputs}) for a model with {n_outputs} outputs", output)
             output = 0
-        if not isinstance(output, int) or isinstance(output, bool) or not 0 <= output < n_outputs:
+        if not isinstance(output, numbers.Integral) or isinstance(output, bool) or not 0 <= output < n_outputs:
             raise invalid_parameter("output", f"an output index in [0, {n_outputs})", output)
+        output = int(output)
         return (lambda rows: function(rows)[:, output]), function.dtype, function.n_inputs
     if not callable(function):
         raise invalid_parameter("function", "a MultKAN or a callable from (batch, n_in) tensors to (batch,) or (batch, 1) values", function)
@@ -111,7 +113,16 @@ def _derivatives(values: Callable, x: torch.Tensor) -> tuple[torch.Tensor, torch
     """Return ``f`` (batch,), the gradient (batch, n) and the Hessian (batch, n, n) of every row."""
     rows = x.clone().requires_grad_(True)
     with torch.enable_grad():
-        f = values(rows)
+        f = torch.as_tensor(values(rows))
+        if not f.requires_grad:
+            if bool((f == f[0]).all()):
+                # A constant: every derivative is 0.
+                zeros = torch.zeros_like(rows)
+                return f.detach().to(rows.dtype), zeros, zeros[:, :, None].expand(-1, -1, rows.shape[1]).clone()
+            raise InvalidDataError(
+                "invalid function: its values do not depend on x through torch operations, so they cannot be "
+                "differentiated; compute them with torch functions of the given tensor (not numpy)"
+            )
         (gradient,) = torch.autograd.grad(f.sum(), rows, create_graph=True, allow_unused=True)
         if gradient is None:
             gradient = torch.zeros_like(rows)
@@ -262,7 +273,12 @@ def test_symmetry(
     values, dtype, n_in = _as_function(function, output)
     rows = _rows(_model_rows(function, x), dtype, n_in)
     n = rows.shape[1]
-    members = sorted(set(int(i) for i in group)) if isinstance(group, Sequence) else None
+    try:
+        indices = list(group)
+    except TypeError:
+        indices = None
+    valid = indices is not None and all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in indices)
+    members = sorted({int(i) for i in indices}) if valid else None
     if not members or any(not 0 <= i < n for i in members) or len(members) == n:
         raise invalid_parameter("group", f"a non-empty proper subset of the input indices 0 .. {n - 1}", group)
     rest = [k for k in range(n) if k not in members]

@@ -189,7 +189,7 @@ def _all_functions_exist(interval: torch.Tensor, k: int, n_basis: int) -> bool:
 
     ``interval`` contains the interval indices ``mu`` as floating-point numbers.
 
-    Checked on the CPU only, where reading the answer costs no device synchronisation.
+    Checked on the CPU only, where reading the result costs no device synchronisation.
     """
     if interval.device.type != "cpu" or interval.numel() == 0:
         return False

@@ -443,4 +443,12 @@ def simplify_constants(expression: sympy.Expr, symbols, x: torch.Tensor, y: torc
         else:
             exact = sympy.Integer(0) if value == 0 else _snap_constant(value, 1e-12)
             replacements[theta] = exact if exact is not None else sympy.Float(value)
-    return template.xreplace(replacements)
+    expression = template.xreplace(replacements)
+    # sympy merges a free constant with the snapped ones next to it, which can
+    # leave 1.00000000205749 * x_1 * x_2. Floats that close to a simple value are snapped.
+    merged = {}
+    for number in expression.atoms(sympy.Float):
+        exact = _snap_constant(float(number), 1e-8)
+        if exact is not None:
+            merged[number] = exact
+    return expression.xreplace(merged)
