@@ -8,7 +8,7 @@ import torch
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
-from multkan import InvalidParameterError, MultKAN
+from multkan import InvalidDataError, InvalidParameterError, MultKAN
 from multkan.plot import SYMBOLIC_COLOR, plot_history, plot_network
 
 
@@ -285,3 +285,8 @@ def test_history_from_fit():
 def test_history_invalid():
     with pytest.raises(InvalidParameterError, match="history"):
         plot_history([0.1, 0.2])
+
+
+def test_plot_with_too_few_rows_names_the_plot():
+    with pytest.raises(InvalidDataError, match=r"network plots\) take the standard deviation over rows, so they need at least 2 rows, received 0"):
+        MultKAN([2, 3, 1]).plot(torch.zeros(0, 2))

@@ -95,8 +95,8 @@ def _check_rows(model: MultKAN, x: torch.Tensor) -> torch.Tensor:
     values = values.to(model.device)
     if values.shape[0] < 2:
         raise InvalidDataError(
-            f"invalid x: attribution takes the standard deviation over rows, so it needs at least 2 rows, "
-            f"received {values.shape[0]}. Pass a sample of inputs, such as the training inputs."
+            f"invalid x: edge scores (for attribution, pruning and network plots) take the standard deviation "
+            f"over rows, so they need at least 2 rows, received {values.shape[0]}. Pass a sample of inputs, such as the training inputs."
         )
     if not bool(torch.isfinite(values).all()):
         n_bad = int((~torch.isfinite(values)).sum())
