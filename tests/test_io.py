@@ -546,13 +546,15 @@ def test_state_dict_carries_symbolic_functions(tmp_path):
     # A fresh model of the same width, no symbolic edges and other parameters.
     fresh = MultKAN([2, [1, 1], 1], seed=1, dtype=torch.float64)
     result = fresh.load_state_dict(model.state_dict())
-    assert not result.missing_keys and not result.unexpected_keys
+    assert not result.missing_keys
+    assert not result.unexpected_keys
     assert fresh.layers[0].symbolic_names == {(1, 1): "sin"}
     assert fresh.layers[1].symbolic_names == {(0, 0): "exp"}
     assert torch.equal(fresh(x), model(x))
     formula = model.symbolic_formula(numeric_edges="function")[0]
     assert fresh.symbolic_formula(numeric_edges="function")[0] == formula
-    assert formula.has(sympy.sin) and formula.has(sympy.exp)
+    assert formula.has(sympy.sin)
+    assert formula.has(sympy.exp)
     # Through torch.save and a weights-only torch.load, and with every value a tensor.
     torch.save(model.state_dict(), tmp_path / "state.pt")
     state = torch.load(tmp_path / "state.pt", weights_only=True)

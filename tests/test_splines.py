@@ -163,4 +163,5 @@ def test_fit_coefficients_from_a_function_of_rows(monkeypatch):
     assert len(calls) == 30 and sum(len(range(3000)[rows]) for rows in calls) == 3000
     # No samples: zero coefficients of the right shape.
     empty = fit_coefficients(x[:0], y[:0], grid, 3)
-    assert empty.shape == (3, 2, 10) and not empty.any()
+    assert empty.shape == (3, 2, 10)
+    assert not empty.any()

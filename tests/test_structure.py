@@ -148,5 +148,6 @@ def test_factored_sum_partitions_of_many_inputs_stay_bounded():
     partitions = _partitions(40, 800)
     assert len(partitions) == 800
     costs = [len(prefactor) + len(product) for prefactor, _, product in partitions]
-    assert costs == sorted(costs) and costs[-1] == 2
+    assert costs == sorted(costs)
+    assert costs[-1] == 2
     assert all(sorted(p + r + q) == list(range(40)) and len(q) != 1 for p, r, q in partitions)

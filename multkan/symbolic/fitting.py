@@ -487,9 +487,9 @@ def rank_candidates(
 
     with ``F = UNEXPLAINED_FLOOR`` (1e-4) and ``B = log10((1 + F) / (0.01 +
     F))``, about 2. The first term counts the decades of unexplained
-    variance down to ``F``: below about 1% of an edge's spread in RMSE, a
-    better fit does not favour a more complex function, because the
-    spline itself is only about that close to the function it approximates. The
+    variance down to ``F``. A trained spline is only about 1% of an edge's
+    spread (in RMSE) from the function it approximates, so a better fit
+    below that level does not favour a more complex function. The
     complexity penalty grows with ``k`` but stays below ``B``, the score
     difference between ``r2 = 0`` and ``r2 = 0.99``. Candidates that are
     invalid or have ``r2 < r2_threshold`` get ``+inf``.
