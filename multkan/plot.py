@@ -428,3 +428,85 @@ def plot_history(history: Mapping[str, Sequence[float]], *, ax: Axes | None = No
     if path is not None:
         figure.savefig(path, dpi=150, bbox_inches="tight")
     return figure
+
+
+def plot_tree(
+    tree,
+    names: Sequence[str] | None = None,
+    *,
+    ax: Axes | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Draw a :class:`~multkan.analysis.separability.ModularTree`: the inputs at the bottom, each module above its parts.
+
+    Every module is a node joined to the modules and inputs it contains
+    directly, and the root at the top joins all of them. Nodes are labelled
+    with the input names they cover when that is short.
+
+    Parameters
+    ----------
+    tree : ModularTree
+        From :func:`multkan.analysis.modular_tree`.
+    names : sequence of str, optional
+        Input names; ``x0``, ``x1``, ... by default.
+    ax : matplotlib.axes.Axes, optional
+    path : str or os.PathLike, optional
+        File to save the figure to; nothing is written without it.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from .analysis.separability import ModularTree
+
+    if not isinstance(tree, ModularTree):
+        raise invalid_parameter("tree", "a ModularTree from multkan.analysis.modular_tree", type(tree).__name__)
+    names = list(names) if names is not None else [f"x{i}" for i in range(tree.n_inputs)]
+    if len(names) != tree.n_inputs:
+        raise invalid_parameter("names", f"{tree.n_inputs} input names", names)
+    if ax is None:
+        figure = Figure(figsize=(max(3.0, 0.9 * tree.n_inputs + 1.0), 3.5))
+        ax = figure.add_subplot()
+    else:
+        figure = _root_figure(ax)
+
+    root = tuple(range(tree.n_inputs))
+    # Leaves left to right in the order a depth-first walk meets them, so no two lines cross.
+    order: list[int] = []
+    heights: dict[tuple[int, ...], int] = {}
+
+    def walk(group: tuple[int, ...]) -> int:
+        if len(group) == 1:
+            order.append(group[0])
+            heights[group] = 0
+            return 0
+        heights[group] = 1 + max(walk(part) for part in tree.children(group))
+        return heights[group]
+
+    walk(root)
+    position = {leaf: float(index) for index, leaf in enumerate(order)}
+
+    def centre(group: tuple[int, ...]) -> float:
+        return float(np.mean([position[i] for i in group]))
+
+    for group, height in heights.items():
+        if len(group) > 1:
+            for part in tree.children(group):
+                ax.plot([centre(group), centre(part)], [height, heights[part]], color="0.4", linewidth=1.2, gid=f"tree:edge:{group}:{part}")
+    for group, height in heights.items():
+        is_leaf = len(group) == 1
+        if is_leaf:
+            label = names[group[0]]
+        elif group == root:
+            label = "f"
+        else:
+            label = "g(" + ", ".join(names[i] for i in group) + ")"
+        ax.plot([centre(group)], [height], marker="o", markersize=7, color="tab:blue" if is_leaf else "tab:orange", gid=f"tree:node:{group}")
+        ax.annotate(label, (centre(group), height), textcoords="offset points", xytext=(0, -14 if is_leaf else 8), ha="center", fontsize=9)
+    ax.set_ylim(-0.6, heights[root] + 0.6)
+    ax.set_xlim(-0.6, tree.n_inputs - 0.4)
+    ax.set_axis_off()
+    ax.set_title(f"modules (general symmetry score <= {tree.threshold:g})", fontsize=10)
+    if path is not None:
+        figure.savefig(path, dpi=150, bbox_inches="tight")
+    return figure

@@ -147,3 +147,83 @@ def test_numpy_indices_accepted():
     assert symmetry(lambda v: v[:, 0] * v[:, 1] + v[:, 2], x, np.array([0, 1]))[0]
     two = MultKAN([3, 2], seed=0)
     assert detect_separability(two, x, output=np.int64(1)).scores.shape == (3, 3)
+
+
+modular_tree = separability.modular_tree
+
+
+@pytest.mark.parametrize(
+    "function, expression",
+    [
+        (lambda v: torch.sin(v[:, 0] + v[:, 1]) * v[:, 2] + v[:, 3], "[[x0, x1], x2], x3"),
+        (lambda v: torch.sqrt((v[:, 0] - v[:, 1]) ** 2 + (v[:, 2] - v[:, 3]) ** 2), "[x0, x1], [x2, x3]"),
+        (lambda v: torch.exp(v[:, 0] * v[:, 3]) + v[:, 1] * v[:, 2], "[x0, x3], [x1, x2]"),
+        # Every group of a product is a module; ties go to the lowest inputs, and crossing groups are left out.
+        (lambda v: v[:, 0] * v[:, 1] * v[:, 2] * v[:, 3], "[x0, x1], [x2, x3]"),
+        # No group enters through one combination.
+        (lambda v: torch.sin(v[:, 0] * v[:, 1] + v[:, 2]) * v[:, 1] + v[:, 0] * v[:, 2], "x0, x1, x2"),
+    ],
+)
+def test_modular_tree_of_closed_forms(function, expression):
+    x = _rows(4 if "x3" in expression else 3) + 1.5
+    tree = modular_tree(function, x)
+    assert tree.as_expression() == expression
+    # Kept groups never cross.
+    for a in tree.modules:
+        for b in tree.modules:
+            assert not (set(a) & set(b)) or set(a) <= set(b) or set(b) <= set(a)
+
+
+def test_modular_tree_of_a_compiled_formula_and_names():
+    model = kanpile("sin(a + b)*c + d", dtype=torch.float64)
+    tree = modular_tree(model, _rows(4) + 1.5)
+    assert tree.modules == ((0, 1), (0, 1, 2))
+    assert tree.as_expression(["a", "b", "c", "d"]) == "[[a, b], c], d"
+    assert tree.children((0, 1, 2)) == [(0, 1), (2,)]
+    assert set(tree.scores) == {(0, 1), (0, 1, 2)}
+
+
+def test_modular_tree_rejects_many_inputs():
+    with pytest.raises(InvalidParameterError, match="at most 12 inputs"):
+        modular_tree(lambda v: v.sum(dim=1), _rows(13))
+
+
+def test_plot_tree_draws_every_node_and_edge(tmp_path):
+    from multkan.plot import plot_tree
+
+    tree = modular_tree(lambda v: torch.sin(v[:, 0] + v[:, 1]) * v[:, 2] + v[:, 3], _rows(4) + 1.5)
+    path = tmp_path / "tree.png"
+    figure = plot_tree(tree, ["a", "b", "c", "d"], path=path)
+    gids = [line.get_gid() for line in figure.axes[0].lines]
+    # 4 inputs, 2 modules and the root; edges: 2 + 2 + 2.
+    assert sum(gid.startswith("tree:node:") for gid in gids) == 7
+    assert sum(gid.startswith("tree:edge:") for gid in gids) == 6
+    assert path.stat().st_size > 0
+    labels = {text.get_text() for text in figure.axes[0].texts}
+    assert {"a", "b", "c", "d", "g(a, b)", "g(a, b, c)", "f"} <= labels
+    with pytest.raises(InvalidParameterError, match="invalid names"):
+        plot_tree(tree, ["a"])
+
+
+def test_modular_tree_of_a_trained_network():
+    # Without the typical-size term, pairs that x3 does not reach scored a ratio of two noises.
+    data = create_dataset(lambda v: torch.sin(v[:, [0]] + v[:, [1]]) * v[:, [2]] + v[:, [3]], n_var=4, seed=0)
+    model = MultKAN([4, 6, 1], grid=5, seed=0)
+    model.fit(data, steps=100, progress=False)
+    tree = modular_tree(model)
+    assert tree.as_expression() == "[[x0, x1], x2], x3"
+    assert max(tree.scores.values()) < 0.05
+
+
+def test_general_symmetry_of_trained_networks():
+    scores = {}
+    for name, target in (
+        ("symmetric", lambda v: torch.exp(0.5 * (v[:, [0]] + v[:, [1]])) * v[:, [2]]),
+        ("not", lambda v: torch.exp(0.5 * (v[:, [0]] * v[:, [2]] + v[:, [1]])) * v[:, [2]]),
+    ):
+        model = MultKAN([3, 5, 1], grid=5, seed=0)
+        model.fit(create_dataset(target, n_var=3, seed=0), steps=100, progress=False)
+        scores[name] = symmetry(model, None, [0, 1], mode="general")
+    assert scores["symmetric"][0]
+    assert not scores["not"][0]
+    assert scores["not"][1] > 5 * scores["symmetric"][1]

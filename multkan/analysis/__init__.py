@@ -5,16 +5,17 @@ from the standard deviation of every edge's values, passing shares of
 the output scores backwards through the network. :func:`prune` uses those scores to
 return a smaller copy of a model; :func:`prune_edge`, :func:`prune_node` and
 :func:`prune_input` make single edits. The model passed in is never changed.
-:func:`detect_separability` and :func:`test_symmetry` find additive,
-multiplicative and general modules from second derivatives.
+:func:`detect_separability`, :func:`test_symmetry` and :func:`modular_tree`
+find additive, multiplicative and general modules from second derivatives.
 """
 
 from .attribution import Attribution, attribution, edge_statistics, feature_score
 from .pruning import PruningWarning, prune, prune_edge, prune_input, prune_node
-from .separability import SeparabilityResult, detect_separability, interaction_scores, test_symmetry
+from .separability import ModularTree, SeparabilityResult, detect_separability, interaction_scores, modular_tree, test_symmetry
 
 __all__ = [
     "Attribution",
+    "ModularTree",
     "PruningWarning",
     "SeparabilityResult",
     "attribution",
@@ -22,6 +23,7 @@ __all__ = [
     "edge_statistics",
     "feature_score",
     "interaction_scores",
+    "modular_tree",
     "prune",
     "prune_edge",
     "prune_input",

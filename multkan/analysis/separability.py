@@ -27,6 +27,7 @@ a :class:`~multkan.model.MultKAN` or any differentiable torch callable.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -37,10 +38,12 @@ import torch
 
 from ..errors import InvalidDataError, invalid_parameter
 
-__all__ = ["SeparabilityResult", "detect_separability", "interaction_scores", "test_symmetry"]
+__all__ = ["ModularTree", "SeparabilityResult", "detect_separability", "interaction_scores", "modular_tree", "test_symmetry"]
 
 MODES = ("add", "mul")
 SYMMETRY_MODES = ("add", "mul", "general")
+# modular_tree scores every subset of the inputs, 2**n of them.
+TREE_MAX_INPUTS = 12
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,24 @@ def _relative(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return torch.where(size > 0, _rms(first - second) / torch.where(size > 0, size, 1.0), 0.0)
 
 
+def _general_scores(gradient: torch.Tensor, hessian: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """Return ``scores[i, j, k]``, how much ``(df/dx_i) / (df/dx_j)`` depends on ``x_k``, shape (n, n, n).
+
+    The score is ``rms(A - B) / (rms(A) + rms(B) + rms(f_i) * rms(f_j) / s_k)``
+    for ``A = f_ik f_j`` and ``B = f_i f_jk``. The last term is the size
+    both would have if ``x_k`` mattered as much as the inputs themselves. It
+    keeps the score small where ``x_k`` does not reach the pair at all
+    (``A`` and ``B`` are then 0 up to the noise of a trained network's
+    second derivatives), instead of a ratio of two noises.
+    """
+    first = hessian[:, :, None, :] * gradient[:, None, :, None]
+    second = gradient[:, :, None, None] * hessian[:, None, :, :]
+    size = _rms(gradient)
+    typical = size[:, None, None] * size[None, :, None] / torch.where(spread > 0, spread, 1.0)[None, None, :]
+    denominator = _rms(first) + _rms(second) + typical
+    return torch.where(denominator > 0, _rms(first - second) / torch.where(denominator > 0, denominator, 1.0), 0.0)
+
+
 def _check_mode(mode, allowed) -> str:
     if mode not in allowed:
         raise invalid_parameter("mode", " or ".join(repr(m) for m in allowed), mode)
@@ -256,10 +277,11 @@ def test_symmetry(
     largest score across the group's boundary is at most ``threshold``,
     and that score. ``"add"`` and ``"mul"`` take the pair scores of
     :func:`interaction_scores`. For ``"general"`` the score of inputs ``i,
-    j`` in the group and ``k`` outside is ``rms(A - B) / (rms(A) +
-    rms(B))`` for ``A = f_ik f_j`` and ``B = f_i f_jk``, with ``f_i`` the
-    first and ``f_ik`` the second derivatives, so a group of one input is
-    always general-symmetric.
+    j`` in the group and ``k`` outside is ``rms(A - B) / (rms(A) + rms(B) +
+    rms(f_i) rms(f_j) / s_k)`` for ``A = f_ik f_j`` and ``B = f_i f_jk``,
+    with ``f_i`` the first and ``f_ik`` the second derivatives and ``s_k``
+    the spread of ``x_k``. So a group of one input is always
+    general-symmetric.
 
     Examples
     --------
@@ -290,10 +312,90 @@ def test_symmetry(
         score = float(scores[members][:, rest].max())
         return score <= threshold, score
 
-    score = 0.0
-    for position, i in enumerate(members):
-        for j in members[position + 1 :]:
-            for k in rest:
-                value = float(_relative(hessian[:, i, k] * gradient[:, j], gradient[:, i] * hessian[:, j, k]))
-                score = max(score, value)
+    if len(members) < 2:
+        return True, 0.0
+    triple = _general_scores(gradient, hessian, spread)
+    score = float(triple[members][:, members][:, :, rest].max())
     return score <= threshold, score
+
+
+@dataclass(frozen=True)
+class ModularTree:
+    """The nested modules of a function: groups of inputs that enter it through one combination.
+
+    ``modules`` lists every group ``G`` kept, smallest first, each a sorted
+    tuple, with ``f = F(g(x_G), x_rest)``. No two of them cross: two groups
+    are disjoint or one contains the other, so together with the single
+    inputs and the root (all inputs) they form a tree. ``scores`` gives
+    each kept group's score from :func:`test_symmetry` (``"general"``).
+    """
+
+    n_inputs: int
+    threshold: float
+    modules: tuple[tuple[int, ...], ...]
+    scores: dict[tuple[int, ...], float]
+
+    def children(self, group: Sequence[int]) -> list[tuple[int, ...]]:
+        """Return the largest kept modules and single inputs inside ``group``, ordered by their first input."""
+        group = tuple(sorted(group))
+        inside = [module for module in self.modules if set(module) < set(group)]
+        maximal = [module for module in inside if not any(set(module) < set(other) for other in inside)]
+        covered = {i for module in maximal for i in module}
+        parts = maximal + [(i,) for i in group if i not in covered]
+        return sorted(parts, key=lambda part: part[0])
+
+    def as_expression(self, names: Sequence[str] | None = None) -> str:
+        """Return the tree as nested brackets, such as ``[[x0, x1], x2], x3``."""
+        names = list(names) if names is not None else [f"x{i}" for i in range(self.n_inputs)]
+
+        def text(group: tuple[int, ...]) -> str:
+            if len(group) == 1:
+                return names[group[0]]
+            return "[" + ", ".join(text(part) for part in self.children(group)) + "]"
+
+        return ", ".join(text(part) for part in self.children(tuple(range(self.n_inputs))))
+
+
+def modular_tree(function, x: torch.Tensor | None = None, *, threshold: float = 0.1, output: int | None = None) -> ModularTree:
+    """Find the nested groups of inputs that enter ``f`` through one combination each (KAN 2.0's tree).
+
+    Every subset of two or more inputs, short of all of them, is scored as
+    in :func:`test_symmetry` with ``mode="general"``, from one computation
+    of the derivatives. Groups scoring at most ``threshold`` are kept from
+    the smallest up, skipping any that crosses a group already kept, so
+    the result is a tree. Costs ``2**n_in`` subset scores, so at most
+    TREE_MAX_INPUTS (12) inputs are accepted.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.rand(200, 4, dtype=torch.float64) + 0.5
+    >>> tree = modular_tree(lambda v: torch.sin(v[:, 0] + v[:, 1]) * v[:, 2] + v[:, 3], x)
+    >>> tree.as_expression()
+    '[[x0, x1], x2], x3'
+    """
+    threshold = _check_threshold(threshold)
+    values, dtype, n_in = _as_function(function, output)
+    rows = _rows(_model_rows(function, x), dtype, n_in)
+    n = rows.shape[1]
+    if n > TREE_MAX_INPUTS:
+        raise invalid_parameter("x", f"rows of at most {TREE_MAX_INPUTS} inputs (modular_tree scores all 2**n_in groups)", f"{n} inputs")
+    f, gradient, hessian = _derivatives(values, rows)
+    # triple[i, j, k]: the general score of the pair (i, j) against k, as in test_symmetry.
+    triple = _general_scores(gradient, hessian, rows.std(dim=0))
+    scores: dict[tuple[int, ...], float] = {}
+    for size in range(2, n):
+        for group in itertools.combinations(range(n), size):
+            rest = [k for k in range(n) if k not in group]
+            block = triple[list(group)][:, list(group)][:, :, rest]
+            scores[group] = float(block.max())
+    modules: list[tuple[int, ...]] = []
+    # Rounded, so that groups whose scores differ only by rounding keep the order of their inputs.
+    for group in sorted(scores, key=lambda g: (len(g), round(scores[g], 9), g)):
+        if scores[group] > threshold:
+            continue
+        members = set(group)
+        if any(members & set(other) and not set(other) <= members for other in modules):
+            continue
+        modules.append(group)
+    return ModularTree(n, threshold, tuple(modules), {group: scores[group] for group in modules})
