@@ -93,7 +93,9 @@ class DiscoveryResult:
         The Pareto set (complexity against test RMSE), simplest first.
     formula_test_rmse : float
     model_test_rmse : float or None
-        Test RMSE of the best network before snapping.
+        Test RMSE of the best network before snapping, in the target's
+        units. The network of ``log|y|`` (``multiplicative``) counts
+        through ``sign * exp`` of its output.
     widths_tried : list
     seconds : float
     true_formula : sympy.Expr or None
@@ -447,9 +449,7 @@ def discover(
                 continue
             if candidate.model is not None:
                 rmse = candidate.model[1]
-                # The multiplicative network is fitted to log|y|, so its RMSE is in other units.
-                if candidate.method != "multiplicative":
-                    model_rmse = rmse if model_rmse is None else min(model_rmse, rmse)
+                model_rmse = rmse if model_rmse is None else min(model_rmse, rmse)
                 candidate.model = candidate.model[0]
             candidates.append(candidate)
             accurate = [c for c in candidates if stop_rmse is not None and c.test_rmse <= stop_rmse * scale]
@@ -555,6 +555,10 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried, deadline=No
     )
     if transform is not None:
         expression = transform * _product_of_factors(model, data, symbols)
+        # The network predicts log|y|: its RMSE in the target's units is that of sign * exp(output).
+        with torch.no_grad():
+            prediction = transform * torch.exp(model(data["test_input"].to(model.dtype)).to(torch.float64))
+        rmse = float(torch.sqrt(torch.mean((prediction - data["test_label"].to(torch.float64)) ** 2)))
     else:
         expression = _symbolic_from_kan(model, dataset, symbols, steps=steps, progress=False, reference_rmse=rmse)
     # simplify_constants refits and snaps the constants with an error check,

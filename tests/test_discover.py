@@ -154,3 +154,8 @@ def test_network_after_a_product_formula_is_multiplicative():
     result = discover(_dataset(x, x[:, 0] * x[:, 1] ** 2), ["a", "b"], methods=METHODS, stop_rmse=1e-6, stop_needs_network=True, progress=False)
     assert result.method == "power_law"
     assert result.network_method == "multiplicative"
+    # In the target's units (y up to 125), not in those of log|y|.
+    prediction = np.exp(result.model(torch.tensor(x)).detach().numpy()[:, 0])
+    assert result.model_test_rmse is not None
+    assert result.model_test_rmse < 0.05
+    assert np.sqrt(np.mean((prediction - x[:, 0] * x[:, 1] ** 2) ** 2)) < 0.05
