@@ -564,7 +564,7 @@ def test_state_dict_carries_symbolic_functions(tmp_path):
     assert torch.equal(other(x), model(x))
 
 
-def test_state_dict_clears_symbolic_edges_and_restores_the_grid_flag():
+def test_state_dict_restores_spline_edges():
     spline = MultKAN([2, [1, 1], 1], seed=1, dtype=torch.float64)
     spline.update_grid(_inputs(spline), grid_eps=0.0)
     assert [layer.uniform for layer in spline.layers] == [False, False]
@@ -634,7 +634,7 @@ def test_state_dict_size_mismatch_is_torchs_error():
     assert all(not layer.symbolic_names for layer in target.layers)
 
 
-def test_state_dict_without_extra_state_is_a_missing_key():
+def test_state_dict_missing_extra_state():
     state = {name: value for name, value in _symbolic_model().state_dict().items() if not name.endswith("_extra_state")}
     with pytest.raises(RuntimeError, match="Missing key"):
         MultKAN([2, [1, 1], 1], seed=1, dtype=torch.float64).load_state_dict(state)
