@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="start no further method, and stop the structure searches, after this many seconds; a network being trained finishes (default: no limit)",
+        help="start no further method, and stop the running one, after this many seconds; a network method stops between training stages (default: no limit)",
     )
     discover.add_argument("--quiet", action="store_true", help="hide progress bars")
     discover.add_argument("--json", action="store_true", help="print the report as JSON instead of a summary")

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .datasets import DATASET_KEYS, check_finite
 from .errors import InvalidDataError, MultKANWarning, invalid_parameter
-from .structure import SearchTimeout, _complexity, factored_sum, power_law_group, separable_product
+from .structure import SearchTimeout, _check_deadline, _complexity, factored_sum, power_law_group, separable_product
 from .symbolic.formula import _snap_constant, formula_error, simplify_constants, snap_formula_constants, snap_value
 
 __all__ = ["Candidate", "DiscoveryResult", "discover", "equivalent"]
@@ -247,7 +247,8 @@ def _active_edges(model) -> int:
     return int(sum(float(layer.spline_mask.sum() + layer.symbolic_mask.sum()) for layer in model.layers))
 
 
-def _fit_kan(width, mult_arity, data, target, *, seed, lamb, steps, prune, progress):
+def _fit_kan(width, mult_arity, data, target, *, seed, lamb, steps, prune, progress, deadline=None):
+    """Train, optionally prune, refine and retrain a network; raise SearchTimeout between stages after ``deadline``."""
     from .model import MultKAN
 
     inputs = data["train_input"]
@@ -259,6 +260,7 @@ def _fit_kan(width, mult_arity, data, target, *, seed, lamb, steps, prune, progr
         warnings.simplefilter("ignore", MultKANWarning)
         model.fit(dataset, steps=steps, lamb=lamb, update_grid=True, progress=progress)
         for _ in range(3 if prune else 0):
+            _check_deadline(deadline)
             pruned = model.prune(node_th=1e-2, edge_th=3e-2)
             changed = _active_edges(pruned) != _active_edges(model)
             model = pruned
@@ -266,7 +268,9 @@ def _fit_kan(width, mult_arity, data, target, *, seed, lamb, steps, prune, progr
                 break
             model.fit(dataset, steps=steps, lamb=lamb, update_grid=True, progress=progress)
         if prune:
+            _check_deadline(deadline)
             model.fit(dataset, steps=steps, update_grid=True, progress=progress)
+        _check_deadline(deadline)
         model = model.refine(10)
         history = model.fit(dataset, steps=steps, update_grid=False, progress=progress)
     return model, dataset, history["test_loss"][-1]
@@ -275,7 +279,7 @@ def _fit_kan(width, mult_arity, data, target, *, seed, lamb, steps, prune, progr
 LIBRARY_TIERS = (("x", "0"), ("x", "x^2", "1/x", "sqrt", "0"), DISCOVERY_LIBRARY)
 
 
-def _symbolic_from_kan(model, dataset, symbols, *, steps, progress, reference_rmse):
+def _symbolic_from_kan(model, dataset, symbols, *, steps, progress, reference_rmse, deadline=None):
     """Snap the network with the smallest library tier that keeps the test RMSE near the network's.
 
     Tiers go from linear edges only to the whole discovery library. A tier
@@ -285,6 +289,7 @@ def _symbolic_from_kan(model, dataset, symbols, *, steps, progress, reference_rm
     """
     scale = float(dataset["train_label"].abs().max())
     for position, tier in enumerate(LIBRARY_TIERS):
+        _check_deadline(deadline)
         candidate = model.copy()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MultKANWarning)
@@ -379,9 +384,10 @@ def discover(
         With ``stop_rmse``, keep going until some method has also trained a
         network, so that the result has one to plot and save.
     time_limit : float, optional
-        Seconds after which no further method starts and the structure
-        searches stop; those methods are listed in ``skipped``. A method
-        that trains a network runs to its end, so a run can take longer.
+        Seconds after which no further method starts and the running one
+        stops; those methods are listed in ``skipped``. A structure search
+        stops between candidates, a network method between its training
+        stages, so a run can take longer by one stage.
         When no method has found a formula by then, discover raises
         InvalidDataError as for a run where every method failed.
     progress : bool
@@ -551,7 +557,7 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried, deadline=No
     widths_tried.append({"method": method, "width": width, "mult_arity": arity})
     sparse = method == "mult_node"
     model, dataset, rmse = _fit_kan(
-        width, arity, data, target, seed=seed, lamb=0.01 if sparse else 0.0, steps=steps, prune=sparse, progress=False
+        width, arity, data, target, seed=seed, lamb=0.01 if sparse else 0.0, steps=steps, prune=sparse, progress=False, deadline=deadline
     )
     if transform is not None:
         expression = transform * _product_of_factors(model, data, symbols)
@@ -560,7 +566,7 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried, deadline=No
             prediction = transform * torch.exp(model(data["test_input"].to(model.dtype)).to(torch.float64))
         rmse = float(torch.sqrt(torch.mean((prediction - data["test_label"].to(torch.float64)) ** 2)))
     else:
-        expression = _symbolic_from_kan(model, dataset, symbols, steps=steps, progress=False, reference_rmse=rmse)
+        expression = _symbolic_from_kan(model, dataset, symbols, steps=steps, progress=False, reference_rmse=rmse, deadline=deadline)
     # simplify_constants refits and snaps the constants with an error check,
     # so one sympy simplification afterwards is enough.
     expression = _clean(simplify_constants(expression, symbols, data["train_input"], data["train_label"]))

@@ -159,3 +159,27 @@ def test_network_after_a_product_formula_is_multiplicative():
     assert result.model_test_rmse is not None
     assert result.model_test_rmse < 0.05
     assert np.sqrt(np.mean((prediction - x[:, 0] * x[:, 1] ** 2) ** 2)) < 0.05
+
+
+def test_time_limit_stops_a_network_between_stages(monkeypatch):
+    import time as clock
+
+    from multkan import MultKAN
+
+    rng = np.random.default_rng(9)
+    x = rng.uniform(-1, 1, (200, 2))
+    fits = []
+    original = MultKAN.fit
+    now = clock.perf_counter
+
+    def counting(model, *arguments, **options):
+        fits.append(1)
+        history = original(model, *arguments, **options)
+        # The limit passes during the first training stage.
+        monkeypatch.setattr(clock, "perf_counter", lambda: now() + 1000.0)
+        return history
+
+    monkeypatch.setattr(MultKAN, "fit", counting)
+    with pytest.raises(InvalidDataError, match="mult_node: stopped: the time limit of 100 s was reached"):
+        discover(_dataset(x, x[:, 0] * x[:, 1]), ["a", "b"], methods=("mult_node",), steps=2, time_limit=100, progress=False)
+    assert len(fits) == 1
