@@ -7,6 +7,7 @@ Input errors also derive from the matching built-in class (``ValueError``,
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 
@@ -57,3 +58,8 @@ def invalid_parameter(name: str, allowed: str, received: Any) -> InvalidParamete
     multkan.errors.InvalidParameterError: invalid grid: expected an integer >= 1, received 0
     """
     return InvalidParameterError(f"invalid {name}: expected {allowed}, received {received!r}")
+
+
+def is_integer(value: object) -> bool:
+    """Return whether ``value`` is an integer (Python or NumPy), excluding bool, for parameter checks."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

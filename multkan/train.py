@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .datasets import DATASET_KEYS, check_finite
-from .errors import InvalidDataError, NonFiniteLossWarning, invalid_parameter
+from .errors import InvalidDataError, NonFiniteLossWarning, invalid_parameter, is_integer
 from .model import check_input
 from .lbfgs import FlatLBFGS
 from .nn._direct import DirectObjective
@@ -153,35 +153,31 @@ def default_log(n_train: int, batch_size: int) -> int:
     return -(-n_train // batch_size)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_options(
     opt, steps, lr, batch, n_train, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step, log, lamb, max_iter
 ):
     if opt not in ("LBFGS", "Adam"):
         raise invalid_parameter("opt", "'LBFGS' or 'Adam'", opt)
-    if not _is_int(steps) or steps < 1:
+    if not is_integer(steps) or steps < 1:
         raise invalid_parameter("steps", "an integer >= 1", steps)
-    if not _is_int(max_iter) or max_iter < 1:
+    if not is_integer(max_iter) or max_iter < 1:
         raise invalid_parameter("max_iter", "an integer >= 1 (L-BFGS iterations per step)", max_iter)
     if not isinstance(update_grid, bool):
         raise invalid_parameter("update_grid", "True or False", update_grid)
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise invalid_parameter("lr", "a positive finite number", lr)
-    if not _is_int(batch) or not (batch == -1 or batch >= 1):
+    if not is_integer(batch) or not (batch == -1 or batch >= 1):
         raise invalid_parameter("batch", "-1 (full batch) or an integer >= 1", batch)
     if log is not None and (not isinstance(log, int) or isinstance(log, bool) or log < 1):
         raise invalid_parameter("log", "an integer >= 1 or None", log)
     if isinstance(lamb, bool) or not (isinstance(lamb, (int, float)) and lamb >= 0 and math.isfinite(lamb)):
         raise invalid_parameter("lamb", "a finite number >= 0 (0 turns the regulariser off)", lamb)
     if update_grid:
-        if not _is_int(grid_update_num) or grid_update_num < 1:
+        if not is_integer(grid_update_num) or grid_update_num < 1:
             raise invalid_parameter("grid_update_num", "an integer >= 1 when update_grid is True", grid_update_num)
-        if not _is_int(stop_grid_update_step):
+        if not is_integer(stop_grid_update_step):
             raise invalid_parameter("stop_grid_update_step", "an int", stop_grid_update_step)
-        if not _is_int(start_grid_update_step) or start_grid_update_step >= stop_grid_update_step:
+        if not is_integer(start_grid_update_step) or start_grid_update_step >= stop_grid_update_step:
             raise invalid_parameter(
                 "start_grid_update_step",
                 f"an int below stop_grid_update_step ({stop_grid_update_step}) when update_grid is True; pass update_grid=False for no updates",

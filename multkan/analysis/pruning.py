@@ -19,7 +19,6 @@ node takes its incoming and outgoing edges with it.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 import torch
 
-from ..errors import InvalidParameterError, MultKANWarning, invalid_parameter
+from ..errors import InvalidParameterError, MultKANWarning, invalid_parameter, is_integer
 from ..graph import EdgeId, graph_layers, reindex
 from .attribution import edge_statistics, scores_from_magnitudes
 
@@ -42,11 +41,6 @@ class PruningWarning(MultKANWarning):
 
 
 # Graph helpers.
-
-
-def _is_integer(value: object) -> bool:
-    """Return whether ``value`` is an integer (Python or NumPy), excluding bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_active(data: dict) -> bool:
@@ -143,7 +137,7 @@ def _resolve_node(model: MultKAN, graph: nx.DiGraph, node: str | Sequence[int]) 
         return node
 
     is_pair = isinstance(node, Sequence) and len(node) == 2
-    if not is_pair or not all(_is_integer(v) for v in node):
+    if not is_pair or not all(is_integer(v) for v in node):
         raise invalid_parameter("node", "a node id such as 'L1:sum2' or a pair (layer, index) of ints", node)
     layer, index = (int(v) for v in node)
     n_layers = len(model.layers) + 1
@@ -219,7 +213,7 @@ def prune_input(model: MultKAN, inputs: int | str | Sequence[int | str]) -> Mult
         ``input_names`` and ``train_input`` lose the removed columns. The
         outgoing edges of the removed inputs are dropped.
     """
-    if isinstance(inputs, str) or _is_integer(inputs):
+    if isinstance(inputs, str) or is_integer(inputs):
         inputs = [inputs]
     if not isinstance(inputs, Sequence) or len(inputs) == 0:
         raise invalid_parameter("inputs", "an input index, an input name, or a non-empty list of them", inputs)
@@ -231,7 +225,7 @@ def prune_input(model: MultKAN, inputs: int | str | Sequence[int | str]) -> Mult
             if entry not in names:
                 raise invalid_parameter("inputs", f"names among {names}", entry)
             positions.add(names.index(entry))
-        elif _is_integer(entry) and 0 <= entry < len(names):
+        elif is_integer(entry) and 0 <= entry < len(names):
             positions.add(int(entry))
         else:
             raise invalid_parameter("inputs", f"indices in [0, {len(names) - 1}] or names among {names}", entry)

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
 import torch
 
-from ..errors import InvalidDataError, invalid_parameter
+from ..errors import InvalidDataError, invalid_parameter, is_integer
 
 __all__ = ["ModularTree", "SeparabilityResult", "detect_separability", "interaction_scores", "modular_tree", "test_symmetry"]
 
@@ -77,7 +76,7 @@ def _as_function(function, output: int | None) -> tuple[Callable[[torch.Tensor],
             if n_outputs != 1:
                 raise invalid_parameter("output", f"an output index in [0, {n_outputs}) for a model with {n_outputs} outputs", output)
             output = 0
-        if not isinstance(output, numbers.Integral) or isinstance(output, bool) or not 0 <= output < n_outputs:
+        if not is_integer(output) or not 0 <= output < n_outputs:
             raise invalid_parameter("output", f"an output index in [0, {n_outputs})", output)
         output = int(output)
         return (lambda rows: function(rows)[:, output]), function.dtype, function.n_inputs
@@ -299,7 +298,7 @@ def test_symmetry(
         indices = list(group)
     except TypeError:
         indices = None
-    valid = indices is not None and all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in indices)
+    valid = indices is not None and all(is_integer(i) for i in indices)
     members = sorted({int(i) for i in indices}) if valid else None
     if not members or any(not 0 <= i < n for i in members) or len(members) == n:
         raise invalid_parameter("group", f"a non-empty proper subset of the input indices 0 .. {n - 1}", group)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, is_integer
 from ..splines import _cox_de_boor, _use_local, bspline_basis, extend_grid, knot_reciprocals, uniform_piece_coefficients
 
 __all__ = ["MultKANLayer", "BASE_FUNCTIONS"]
@@ -715,7 +715,7 @@ class MultKANLayer(nn.Module):
         names: dict[tuple[int, int], str] = {}
         for entry in decoded["symbolic_names"]:
             valid = isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], str)
-            valid = valid and all(isinstance(v, int) and not isinstance(v, bool) for v in entry[:2])
+            valid = valid and all(is_integer(v) for v in entry[:2])
             if not valid or not (0 <= entry[0] < self.n_in and 0 <= entry[1] < self.n_sub):
                 raise InvalidParameterError(
                     f"invalid layer state: symbolic edge {entry!r} is not [source, target, name] with "
