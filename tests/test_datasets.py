@@ -94,7 +94,7 @@ def test_broadcast_labels_raise_with_the_cause():
         create_dataset(lambda x: x[:, [0]] + x[:, 1], n_var=2)
 
 
-def test_as_many_outputs_as_rows_without_broadcast():
+def test_row_count_outputs_kept():
     # A function with truly n outputs is kept, odd as it is.
     data = create_dataset(lambda x: x[:, :1].expand(-1, 4) * torch.arange(4), n_var=1, train_num=4, test_num=4)
     assert data["train_label"].shape == (4, 4)

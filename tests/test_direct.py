@@ -200,7 +200,7 @@ def test_logged_losses_match_forward():
     assert history["train_loss"][-1] == pytest.approx(float(train), rel=1e-12)
 
 
-def test_reused_feature_memory_keeps_each_evaluation_separate():
+def test_reused_feature_memory_separate():
     model = MultKAN([2, 4, 3, 1], grid=5, k=3, dtype=torch.float64, seed=0)
     _perturb(model)
     objective = DirectObjective(model)

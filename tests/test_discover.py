@@ -148,7 +148,7 @@ def test_network_order_follows_the_formula():
     assert _network_order(a * b, ["additive"]) == ["additive"]
 
 
-def test_network_after_a_product_formula_is_multiplicative():
+def test_product_formula_multiplicative_network():
     rng = np.random.default_rng(8)
     x = rng.uniform(1, 5, (300, 2))
     result = discover(_dataset(x, x[:, 0] * x[:, 1] ** 2), ["a", "b"], methods=METHODS, stop_rmse=1e-6, stop_needs_network=True, progress=False)
@@ -161,7 +161,7 @@ def test_network_after_a_product_formula_is_multiplicative():
     assert np.sqrt(np.mean((prediction - x[:, 0] * x[:, 1] ** 2) ** 2)) < 0.05
 
 
-def test_time_limit_stops_a_network_between_stages(monkeypatch):
+def test_time_limit_between_network_stages(monkeypatch):
     import time as clock
 
     from multkan import MultKAN

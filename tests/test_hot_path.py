@@ -65,7 +65,7 @@ def test_local_layer_inside_range_gradcheck(k):
     assert torch.autograd.gradcheck(_fused(layer, k, "silu", True), _leaves(layer, x))
 
 
-def test_mask_kept_for_points_near_the_ends():
+def test_local_mask_near_grid_ends():
     layer, x = _layer_inputs(3, "silu", inside=True)
     assert _mask_skipped(layer, x, 3)
     # [t_2, t_3) = [-1.4, -1.0): B_{-1} would be needed there, which does not exist.

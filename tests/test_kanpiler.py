@@ -37,7 +37,7 @@ def test_one_input_used_twice():
         ("sqrt(x)*exp(-y/2)/(1 + z**2)", 0.5, 2.0),
         ("q1*q2/(4*pi*r**2)", 1.0, 2.0),
         ("x*sin(y) + cos(x*y)", -1.0, 1.0),
-        # A constant times one function or variable (C01-style inputs that once failed to compile).
+        # A constant times one function or variable: one edge with the constant as its scale.
         ("pi*x", -1.0, 1.0),
         ("-x", -1.0, 1.0),
         ("-sin(x)", -1.0, 1.0),
@@ -107,6 +107,6 @@ def test_output_name_avoids_an_input_name():
 
 
 @pytest.mark.parametrize("text", ["x*I", "[x, y]", "x + oo", "x +* y"])
-def test_non_real_or_unreadable_expressions_raise(text):
+def test_invalid_expressions_raise(text):
     with pytest.raises(InvalidParameterError, match="invalid expression"):
         kanpile(text)

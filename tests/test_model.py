@@ -177,7 +177,7 @@ def test_forward_and_backward_on_meta_device(grid):
     assert x.grad.shape == (4, 2)
 
 
-def test_grid_update_forward_in_chunks_matches_one_pass(monkeypatch):
+def test_chunked_grid_update_matches(monkeypatch):
     import multkan.model
 
     generator = torch.Generator().manual_seed(0)
@@ -206,7 +206,7 @@ def test_zero_rows_give_zero_rows(width, grid):
 
 
 @pytest.mark.parametrize("threshold", ["node_th", "edge_th"])
-def test_prune_names_a_bad_threshold_without_data(threshold):
+def test_prune_threshold_checked_first(threshold):
     # No fit yet, so no training inputs: the invalid value is still what the message names.
     with pytest.raises(InvalidParameterError, match=f"invalid {threshold}: expected a finite number >= 0, received -1"):
         MultKAN([2, 1]).prune(**{threshold: -1})

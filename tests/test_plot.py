@@ -287,6 +287,6 @@ def test_history_invalid():
         plot_history([0.1, 0.2])
 
 
-def test_plot_with_too_few_rows_names_the_plot():
+def test_plot_too_few_rows_message():
     with pytest.raises(InvalidDataError, match=r"network plots\) take the standard deviation over rows, so they need at least 2 rows, received 0"):
         MultKAN([2, 3, 1]).plot(torch.zeros(0, 2))

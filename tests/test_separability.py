@@ -18,7 +18,7 @@ def _rows(n_var, n_rows=300, seed=0):
     return torch.rand(n_rows, n_var, generator=generator, dtype=torch.float64) * 2 - 1
 
 
-def test_product_scores_one_and_sum_scores_zero():
+def test_product_and_sum_scores():
     x = _rows(2, n_rows=20_000)
     product = interaction_scores(lambda v: v[:, 0] * v[:, 1], x)
     # rms(d2f/dx0 dx1) = 1 and s0 * s1 = std(x0 * x1) for independent centred inputs.
@@ -91,7 +91,7 @@ def test_trained_network_separates_additive_target():
     assert float(result.scores[1, 2]) > 0.3
 
 
-def test_output_of_a_model_with_two_outputs():
+def test_output_of_two_output_model():
     model = kanpile("x + y", dtype=torch.float64)
     with pytest.raises(InvalidParameterError, match="invalid output"):
         detect_separability(model, _rows(2), output=1)
@@ -174,7 +174,7 @@ def test_modular_tree_of_closed_forms(function, expression):
             assert not (set(a) & set(b)) or set(a) <= set(b) or set(b) <= set(a)
 
 
-def test_modular_tree_of_a_compiled_formula_and_names():
+def test_modular_tree_of_kanpiled_formula():
     model = kanpile("sin(a + b)*c + d", dtype=torch.float64)
     tree = modular_tree(model, _rows(4) + 1.5)
     assert tree.modules == ((0, 1), (0, 1, 2))
@@ -188,7 +188,7 @@ def test_modular_tree_rejects_many_inputs():
         modular_tree(lambda v: v.sum(dim=1), _rows(13))
 
 
-def test_plot_tree_draws_every_node_and_edge(tmp_path):
+def test_plot_tree_nodes_and_edges(tmp_path):
     from multkan.plot import plot_tree
 
     tree = modular_tree(lambda v: torch.sin(v[:, 0] + v[:, 1]) * v[:, 2] + v[:, 3], _rows(4) + 1.5)
@@ -206,7 +206,7 @@ def test_plot_tree_draws_every_node_and_edge(tmp_path):
 
 
 def test_modular_tree_of_a_trained_network():
-    # Without the typical-size term, pairs that x3 does not reach scored a ratio of two noises.
+    # Pairs that x3 does not reach have both terms near 0, and the typical-size term keeps their score small.
     data = create_dataset(lambda v: torch.sin(v[:, [0]] + v[:, [1]]) * v[:, [2]] + v[:, [3]], n_var=4, seed=0)
     model = MultKAN([4, 6, 1], grid=5, seed=0)
     model.fit(data, steps=100, progress=False)

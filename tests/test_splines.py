@@ -143,7 +143,7 @@ def test_fewer_samples_than_coefficients_is_finite():
     assert torch.isfinite(coef).all()
 
 
-def test_fit_coefficients_from_a_function_of_rows(monkeypatch):
+def test_fit_coefficients_from_function(monkeypatch):
     import multkan.splines
 
     generator = torch.Generator().manual_seed(0)

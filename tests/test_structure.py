@@ -143,7 +143,7 @@ def test_factored_sum_partitions_match_brute_force(n_var, limit):
     assert _partitions(n_var, limit) == _partitions_by_brute_force(n_var, limit)
 
 
-def test_factored_sum_partitions_of_many_inputs_stay_bounded():
+def test_partitions_of_many_inputs_bounded():
     # 3**40 labellings: only the cheapest cost levels may be built.
     partitions = _partitions(40, 800)
     assert len(partitions) == 800

@@ -339,7 +339,7 @@ def test_weak_snaps_are_named_in_a_warning():
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_mult_node_reads_back_the_product(seed):
-    # Near-linear edges once snapped to slivers of tan and sin, which fit
+    # Near-linear edges must not snap to slivers of tan and sin, which fit
     # the splines' small curvature better than x (see UNEXPLAINED_FLOOR).
     from multkan.symbolic.formula import simplify_constants, snap_formula_constants
 
@@ -360,7 +360,7 @@ def test_mult_node_reads_back_the_product(seed):
     assert formula == x_1 * x_2
 
 
-def test_simplify_constants_sets_absorbed_factors_to_one():
+def test_simplify_constants_absorbed_factors():
     # c1 * (c2 * x) * (c3 * y) with c1 * c2 * c3 = 1: only the product is determined by the data.
     from multkan.symbolic.formula import simplify_constants
 
@@ -372,9 +372,9 @@ def test_simplify_constants_sets_absorbed_factors_to_one():
     assert simplify_constants(redundant, [x_1, x_2], x, y) == x_1 * x_2
 
 
-def test_readme_mult_example_reads_back_the_product():
+def test_readme_mult_example_formula():
     # The README's steps: snap_constants, then snap_formula_constants and simplify_constants.
-    # sympy merged a free constant with snapped ones into 1.00000000205749 * x_1 * x_2.
+    # sympy can merge a free constant with snapped ones into a float such as 1.00000000205749.
     from multkan.symbolic.formula import simplify_constants, snap_formula_constants
 
     data = create_dataset(lambda x: x[:, 0] * x[:, 1], n_var=2, seed=0)

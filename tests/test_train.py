@@ -284,7 +284,7 @@ def test_invalid_fit_arguments_raise(kwargs, name):
     assert model.train_input is None
 
 
-def test_grid_steps_in_any_order_without_grid_updates():
+def test_grid_steps_ignored_without_updates():
     data = create_dataset(lambda x: x[:, 0], n_var=1, train_num=10, test_num=5)
     history = MultKAN([1, 1]).fit(data, steps=2, update_grid=False, start_grid_update_step=10, stop_grid_update_step=5, progress=False)
     assert len(history["train_loss"]) == 2
@@ -346,7 +346,7 @@ def test_adam_rejects_lr_beyond_dtype():
         MultKAN([1, 1], seed=0).fit(data, opt="Adam", lr=1e38, steps=1, progress=False)
 
 
-def test_evaluation_rows_follow_the_layer_width():
+def test_evaluation_rows_follow_width():
     from multkan.train import EVAL_BYTES, EVAL_CHUNK, evaluation_rows
 
     assert evaluation_rows(MultKAN([2, 5, 1], grid=5, k=3), 1000) == EVAL_CHUNK

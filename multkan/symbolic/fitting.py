@@ -40,7 +40,7 @@ _BLOCK_ELEMENTS = 1 << 22
 # Added to 1 - r2 before candidates are compared. An estimate: a trained
 # spline is about 1% of its spread (1 - r2 near 1e-4) from the function it
 # approximates, so smaller differences do not favour a more complex function.
-# Without it, tan(0.21 x) beat x on the edges of x * y (1 - r2 6e-8 against 1.4e-5).
+# Without it, tan(0.21 x) beats x on the edges of x * y (1 - r2 6e-8 against 1.4e-5).
 UNEXPLAINED_FLOOR = 1e-4
 
 # 1 - r2 at most this counts as an exact fit.
