@@ -68,7 +68,9 @@ def _inner_functions(u: np.ndarray, scales: Sequence[float] = _INNER_SCALES) -> 
     return inner
 
 
-def fit_univariate(z: np.ndarray, y: np.ndarray, symbol: sympy.Symbol, *, noise: float = 0.0, max_refits: int = 40, max_candidates: int = 4) -> tuple[sympy.Expr, float] | None:
+def fit_univariate(
+    z: np.ndarray, y: np.ndarray, symbol: sympy.Symbol, *, noise: float = 0.0, max_refits: int = 40, max_candidates: int = 4, deadline: float | None = None
+) -> tuple[sympy.Expr, float] | None:
     """Fit a closed form ``y = g(z)`` of one variable and return it with its RMSE.
 
     The search covers ``u^p * (c * f(a * G(u) + b) + d)`` with ``u = z /
@@ -86,7 +88,9 @@ def fit_univariate(z: np.ndarray, y: np.ndarray, symbol: sympy.Symbol, *, noise:
     (:func:`multkan.symbolic.simplify_constants`), and the simplest result
     whose RMSE is within twice the best, or within ``noise`` (an RMSE that
     ``y`` itself may be off by), is returned. Returns None when ``z`` is
-    constant or nothing is valid.
+    constant or nothing is valid. With ``deadline`` (a
+    ``time.perf_counter()`` value) it raises :class:`SearchTimeout` between
+    refits once the deadline has passed.
     """
     z = np.asarray(z, dtype=float).reshape(-1)
     y = np.asarray(y, dtype=float).reshape(-1)
@@ -119,16 +123,17 @@ def fit_univariate(z: np.ndarray, y: np.ndarray, symbol: sympy.Symbol, *, noise:
     # families leave an error above the noise.
     scored, refitted, result = [], {}, None
     for stage in stages:
+        _check_deadline(deadline)
         scored += stage()
         if not scored:
             continue
-        result = _choose_univariate(scored, refitted, symbol, (z_search, y_search), (z, y), noise, floor, max_refits, max_candidates)
+        result = _choose_univariate(scored, refitted, symbol, (z_search, y_search), (z, y), noise, floor, max_refits, max_candidates, deadline)
         if result is not None and result[1] <= floor + 1e-9 * float(np.sqrt(np.mean(y**2))):
             break
     return result
 
 
-def _choose_univariate(scored, refitted: dict, symbol, search, full, noise, floor, max_refits, max_candidates):
+def _choose_univariate(scored, refitted: dict, symbol, search, full, noise, floor, max_refits, max_candidates, deadline=None):
     """Refit the shortlist of ``scored`` on ``search`` data, snap the best on ``full`` data and pick one.
 
     ``refitted`` caches refits by candidate across calls.
@@ -149,6 +154,7 @@ def _choose_univariate(scored, refitted: dict, symbol, search, full, noise, floo
     for entry in shortlist:
         if id(entry) in refitted:
             continue
+        _check_deadline(deadline)
         _, _, inner_function, power, function, params, u_symbol = entry
         prefactor = u_symbol ** sympy.nsimplify(power) if power != 0 else sympy.Integer(1)
         refitted[id(entry)] = []
@@ -167,6 +173,7 @@ def _choose_univariate(scored, refitted: dict, symbol, search, full, noise, floo
     target = torch.tensor(y)
     results = []
     for _, _, expression in {id(r): r for r in picks}.values():
+        _check_deadline(deadline)
         expression = simplify_constants(expression, [symbol], x_column, target)
         check = formula_error(expression, [symbol], x_column, target)
         if check.finite:
@@ -435,7 +442,7 @@ def power_law_group(x: torch.Tensor, y: torch.Tensor, symbols: Sequence[sympy.Sy
         return None
     # Among groups that fit about as well, the one with fewer variables and smaller exponents.
     _, _, _, indices, exponents = min((s for s in scored if s[0] <= 3.0 * best + 1e-9), key=lambda s: (s[1], s[2], s[0]))
-    return _formula_with_group(x, y, symbols, indices, exponents)
+    return _formula_with_group(x, y, symbols, indices, exponents, deadline)
 
 
 def _relative_residual(design: np.ndarray, target: np.ndarray, spread: float) -> float:
@@ -443,7 +450,7 @@ def _relative_residual(design: np.ndarray, target: np.ndarray, spread: float) ->
     return float(np.sqrt(np.mean((design @ solution - target) ** 2))) / spread
 
 
-def _formula_with_group(x, y, symbols, indices, exponents) -> sympy.Expr | None:
+def _formula_with_group(x, y, symbols, indices, exponents, deadline=None) -> sympy.Expr | None:
     n_var = x.shape[1]
     logs = np.log(x)
     log_group = logs[:, list(indices)] @ np.array(exponents, dtype=float)
@@ -460,7 +467,7 @@ def _formula_with_group(x, y, symbols, indices, exponents) -> sympy.Expr | None:
         powers[i] = sympy.nsimplify(snapped)
     prefactor_values = np.exp(sum(float(p) * logs[:, i] for i, p in powers.items())) if powers else np.ones(len(y))
     group_symbol = sympy.Symbol("_z", positive=True)
-    fitted = fit_univariate(np.exp(log_group), y / prefactor_values, group_symbol)
+    fitted = fit_univariate(np.exp(log_group), y / prefactor_values, group_symbol, deadline=deadline)
     if fitted is None:
         return None
     group = sympy.Mul(*(symbols[i] ** e for i, e in zip(indices, exponents)))
@@ -506,7 +513,7 @@ def separable_product(
             continue
         placeholder = sympy.Symbol("_t", real=True)
         # The factors are known to the product's relative RMSE of at most 1e-4.
-        named = fit_univariate(values, factor, placeholder, noise=1e-4 * float(np.sqrt(np.mean(factor**2))))
+        named = fit_univariate(values, factor, placeholder, noise=1e-4 * float(np.sqrt(np.mean(factor**2))), deadline=deadline)
         if named is None:
             return None
         expression = expression * named[0].xreplace({placeholder: feature})
@@ -653,7 +660,7 @@ def factored_sum(
     def name(index: int, values: np.ndarray) -> sympy.Expr | None:
         if float(values.std()) <= 1e-6 * max(float(np.abs(values).max()), 1e-300):
             return sympy.Float(float(values.mean()))
-        named = fit_univariate(x[:, index], values, placeholder, noise=1e-4 * max(float(np.sqrt(np.mean(values**2))), 1e-300))
+        named = fit_univariate(x[:, index], values, placeholder, noise=1e-4 * max(float(np.sqrt(np.mean(values**2))), 1e-300), deadline=deadline)
         return None if named is None else named[0].xreplace({placeholder: symbols[index]})
 
     terms = [name(i, values) for i, values in prefactor.items()]

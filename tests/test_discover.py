@@ -119,6 +119,41 @@ def test_time_limit_stops_a_structure_search(monkeypatch):
         discover(data, ["a", "b", "c", "d"], methods=("factored_sum", "additive"), time_limit=1000, progress=False)
 
 
+def test_time_limit_stops_naming_the_factors(monkeypatch):
+    import time as clock
+
+    import multkan.structure
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(1, 2, (200, 3))
+    data = _dataset(x, x[:, 0] * (x[:, 1] + np.sin(x[:, 2])))
+    original = multkan.structure.fit_univariate
+    calls = []
+
+    def late(*arguments, deadline=None, **options):
+        # The limit passes once factored_sum has found its assignment and names the first factor.
+        calls.append(deadline)
+        monkeypatch.setattr(clock, "perf_counter", lambda: deadline + 1.0)
+        return original(*arguments, deadline=deadline, **options)
+
+    monkeypatch.setattr(multkan.structure, "fit_univariate", late)
+    with pytest.raises(InvalidDataError, match="factored_sum: stopped: the time limit of 1000 s was reached"):
+        discover(data, ["a", "b", "c"], methods=("factored_sum",), time_limit=1000, progress=False)
+    assert len(calls) == 1 and calls[0] is not None
+
+
+def test_fit_univariate_checks_its_deadline():
+    import time as clock
+
+    from multkan.structure import SearchTimeout, fit_univariate
+
+    z = np.linspace(0.5, 2.0, 100)
+    with pytest.raises(SearchTimeout):
+        fit_univariate(z, np.sin(z), sympy.Symbol("z"), deadline=clock.perf_counter() - 1.0)
+    expression, rmse = fit_univariate(z, np.sin(z), sympy.Symbol("z"), deadline=clock.perf_counter() + 3600.0)
+    assert rmse < 1e-9
+
+
 def test_invalid_time_limit_raises():
     rng = np.random.default_rng(6)
     x = rng.uniform(1, 2, (50, 2))
