@@ -223,6 +223,16 @@ def _network_title(result, network_method: str | None) -> str:
     return f"{network_method} network; the formula {result.formula} is from {result.method}"
 
 
+def _discover_failed(arguments: argparse.Namespace, error: Exception) -> int:
+    """Report a failed run on stderr and, with --json, as a JSON object on stdout; return the exit status 2."""
+    message = _cli_message(error)
+    print(f"multkan discover: {message}", file=sys.stderr)
+    if arguments.json:
+        # A script that parses stdout gets JSON on failure too.
+        print(json.dumps({"error": message, "formula": None}, indent=2))
+    return 2
+
+
 def _discover(arguments: argparse.Namespace) -> int:
     from .discover import discover
     from .errors import MultKANError
@@ -242,8 +252,7 @@ def _discover(arguments: argparse.Namespace) -> int:
     try:
         dataset, names, truth, run_name = _discover_data_printing_warnings(arguments)
     except MultKANError as error:
-        print(f"multkan discover: {_cli_message(error)}", file=sys.stderr)
-        return 2
+        return _discover_failed(arguments, error)
 
     methods = tuple(m.strip() for m in arguments.methods.split(","))
     if arguments.methods == DEFAULT_METHODS and arguments.data is None and arguments.feynman is None:
@@ -263,8 +272,7 @@ def _discover(arguments: argparse.Namespace) -> int:
             progress=not arguments.quiet,
         )
     except MultKANError as error:
-        print(f"multkan discover: {_cli_message(error)}", file=sys.stderr)
-        return 2
+        return _discover_failed(arguments, error)
     source = str(Path(arguments.data).resolve()) if arguments.data is not None else f"feynman:{run_name}"
     folder = _run_folder(Path(arguments.out), run_name, source)
     report, written, removed = _write_outputs(folder, result, dataset, _target_name(arguments), source)

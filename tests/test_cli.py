@@ -31,6 +31,23 @@ def test_discover_csv_with_network_outputs(tmp_path, capsys):
     assert sorted(p.name for p in (out / "data").iterdir()) == ["model.safetensors", "network.png", "report.json"]
 
 
+def test_failed_discover_prints_json_with_json(tmp_path, capsys):
+    path = tmp_path / "data.csv"
+    path.write_text("a,b\n1,2\n3,4\n")
+    status = main(["discover", str(path), "--target", "y", "--out", str(tmp_path / "out"), "--quiet", "--json"])
+    assert status == 2
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["formula"] is None
+    assert "column 'y'" in report["error"] or "'y'" in report["error"]
+    assert report["error"] in captured.err
+    rows = ["a,b,y"] + [f"{a},{b},{a * b}" for a in (1.0, 2.0, 3.0) for b in (1.0, 2.0, 3.0, 4.0)]
+    path.write_text("\n".join(rows) + "\n")
+    status = main(["discover", str(path), "--target", "y", "--methods", "power_law", "--time-limit", "1e-9", "--out", str(tmp_path / "out"), "--quiet", "--json"])
+    assert status == 2
+    assert json.loads(capsys.readouterr().out)["error"].startswith("discover found no formula within the time limit of 1e-09 s")
+
+
 def test_discover_missing_target_column(tmp_path, capsys):
     path = tmp_path / "data.csv"
     path.write_text("a,b\n1,2\n3,4\n")
