@@ -276,8 +276,14 @@ def test_unfix_missing_edge_message():
     from multkan import SymbolicError, kanpile
 
     model = kanpile("x*sin(y) + exp(z**2)")
-    with pytest.raises(SymbolicError, match=r"edge \(0, 0, 0\) was pruned from the graph; it cannot be turned back into a spline"):
+    with pytest.raises(SymbolicError, match=r"edge \(0, 0, 0\) is not in the graph \(pruned, or never created") as error:
         model.unfix_symbolic((0, 0, 0))
+    # The message lists the edges that exist, and each of them can be unfixed.
+    listed = str(error.value).split("Edges of layer 0: ")[1]
+    edges = [tuple(int(v) for v in item.split(", ")) for item in listed.strip("()").split("), (")]
+    assert (0, 0, 0) not in edges and edges
+    for edge in edges:
+        model.unfix_symbolic(edge)
     with pytest.raises(SymbolicError, match="it cannot be made symbolic"):
         model.fix_symbolic((0, 0, 0), "sin", fit_params=False)
 

@@ -133,6 +133,10 @@ def suggest_symbolic(
     return suggestions
 
 
+# Existing edges named in the error for a missing one.
+EDGES_LISTED = 12
+
+
 def _set_edge_function(model: MultKAN, edge: EdgeId, name: str | None, params=None) -> None:
     """Update the compiled layer and the graph IR for one edge; ``name`` None restores its spline."""
     layer = model.layers[edge.layer]
@@ -141,7 +145,17 @@ def _set_edge_function(model: MultKAN, edge: EdgeId, name: str | None, params=No
     target = structure[edge.layer + 1].subnodes[edge.target]
     if not model.graph.has_edge(source, target):
         action = "made symbolic" if name is not None else "turned back into a spline"
-        raise SymbolicError(f"edge {tuple(edge)} was pruned from the graph; it cannot be {action}")
+        present = [
+            (edge.layer, i, j)
+            for i, node in enumerate(structure[edge.layer].nodes)
+            for j, sub in enumerate(structure[edge.layer + 1].subnodes)
+            if model.graph.has_edge(node, sub)
+        ]
+        shown = ", ".join(map(str, present[:EDGES_LISTED])) + (", ..." if len(present) > EDGES_LISTED else "")
+        raise SymbolicError(
+            f"edge {tuple(edge)} is not in the graph (pruned, or never created, as in a compiled formula); it cannot be {action}. "
+            f"Edges of layer {edge.layer}: {shown or 'none'}"
+        )
     if name is None:
         layer.set_symbolic(edge.source, edge.target, None)
         model.graph.edges[source, target]["function"] = {"type": "spline"}
