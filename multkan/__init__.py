@@ -12,6 +12,7 @@ from ._lazy import lazy_attributes
 from .errors import (
     CheckpointError,
     GraphError,
+    InputScaleWarning,
     InvalidDataError,
     InvalidParameterError,
     MultKANError,
@@ -38,6 +39,7 @@ __all__ = [
     "CheckpointError",
     "EdgeId",
     "GraphError",
+    "InputScaleWarning",
     "InvalidDataError",
     "InvalidParameterError",
     "KANRegressor",

@@ -43,6 +43,10 @@ class NonFiniteLossWarning(MultKANWarning):
     """Training met a non-finite loss or gradient and restored earlier parameters."""
 
 
+class InputScaleWarning(MultKANWarning):
+    """Training inputs lie far outside the unit scale that spline grids and base functions suit."""
+
+
 class SymbolicFitWarning(MultKANWarning):
     """An edge could not be fitted well by any symbolic candidate."""
 

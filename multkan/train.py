@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .datasets import DATASET_KEYS, check_finite
-from .errors import InvalidDataError, NonFiniteLossWarning, invalid_parameter, is_integer
+from .errors import InputScaleWarning, InvalidDataError, NonFiniteLossWarning, invalid_parameter, is_integer
 from .model import check_input
 from .lbfgs import FlatLBFGS
 from .nn._direct import DirectObjective
@@ -29,6 +29,8 @@ EVAL_CHUNK = 4096
 # evaluation may take, unless the training batch already takes more.
 EVAL_BYTES = 32 * 2**20
 GRID_SAMPLES = 4096
+# fit warns when a training input reaches beyond this size (see _warn_input_scale).
+INPUT_SCALE_LIMIT = 10.0
 
 
 def regularization(
@@ -183,6 +185,25 @@ def _check_options(
                 f"an int below stop_grid_update_step ({stop_grid_update_step}) when update_grid is True; pass update_grid=False for no updates",
                 start_grid_update_step,
             )
+
+
+def _warn_input_scale(model: MultKAN, inputs: torch.Tensor) -> None:
+    """Warn when a training input column reaches beyond ``INPUT_SCALE_LIMIT`` in size."""
+    if inputs.numel() == 0 or model.layers[0].base_fun == "zero":
+        return
+    largest = inputs.detach().abs().amax(dim=0)
+    wide = [int(i) for i in (largest > INPUT_SCALE_LIMIT).nonzero().flatten()]
+    if not wide:
+        return
+    columns = ", ".join(f"{model.input_names[i]} ({float(largest[i]):.3g})" for i in wide[:5]) + (", ..." if len(wide) > 5 else "")
+    warnings.warn(
+        f"training inputs reach beyond |x| = {INPUT_SCALE_LIMIT:g} in {len(wide)} column(s): {columns}. "
+        f"The base function {model.layers[0].base_fun!r} is nearly linear there and fits lose accuracy "
+        "(on sin(3 a) + b**2 the test RMSE grew 50-fold from inputs in [1, 2] to inputs in [100, 200]). "
+        "Standardise the inputs first, (x - mean) / std; for KANRegressor, put a StandardScaler before it in a Pipeline.",
+        InputScaleWarning,
+        stacklevel=4,
+    )
 
 
 def _snapshot(model: MultKAN) -> dict[str, torch.Tensor]:
@@ -340,6 +361,7 @@ def fit(
     adam_limit = torch.finfo(model.dtype).max / 10
     if opt == "Adam" and lr >= adam_limit:
         raise invalid_parameter("lr", f"a positive number below {adam_limit:.3g} for Adam on {model.dtype} parameters", lr)
+    _warn_input_scale(model, data["train_input"])
     model.train_input = data["train_input"]
     batch_size = n_train if batch == -1 or batch > n_train else batch
     log = default_log(n_train, batch_size) if log is None else log

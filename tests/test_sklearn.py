@@ -23,6 +23,8 @@ def _product_data(n, seed):
     return X, X[:, 0] * X[:, 1]
 
 
+# scikit-learn's checks also fit raw features of size 10 to 100, where fit rightly warns about the scale.
+@pytest.mark.filterwarnings("ignore::multkan.InputScaleWarning")
 @parametrize_with_checks([KANRegressor(steps=2)])
 def test_estimator_checks(estimator, check):
     check(estimator)
@@ -30,8 +32,9 @@ def test_estimator_checks(estimator, check):
 
 # Some checks train on 20 to 30 samples for 2 steps, so pruning may find every
 # hidden node below the threshold and warn that it kept one. That warning is
-# correct there, and it is the only one ignored.
+# correct there, and it is ignored, with the scale warning of the checks above.
 @pytest.mark.filterwarnings("ignore::multkan.analysis.PruningWarning")
+@pytest.mark.filterwarnings("ignore::multkan.InputScaleWarning")
 @parametrize_with_checks([KANRegressor(steps=2, prune=True, symbolic=True, lib=("x", "x^2"))])
 def test_estimator_checks_symbolic(estimator, check):
     check(estimator)

@@ -377,3 +377,19 @@ def test_fit_rejects_a_meta_model():
     data = create_dataset(lambda x: x[:, 0], n_var=1, train_num=10, test_num=5)
     with pytest.raises(InvalidParameterError, match="invalid model: .*to_empty"):
         MultKAN([1, 1], device="meta").fit(data, progress=False)
+
+
+def test_large_inputs_warn_with_the_columns():
+    from multkan import InputScaleWarning
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, generator=generator, dtype=torch.float64) + 1
+    x[:, 1] *= 200.0
+    data = {"train_input": x, "train_label": x[:, :1], "test_input": x, "test_label": x[:, :1]}
+    model = MultKAN([3, 1], input_names=["a", "b", "c"], dtype=torch.float64)
+    with pytest.warns(InputScaleWarning, match=r"beyond \|x\| = 10 in 1 column\(s\): b \(\d+\)\. .*Standardise the inputs"):
+        model.fit(data, steps=1, progress=False)
+    # Inputs up to 10 in size, and a zero base function, give no warning.
+    small = {key: (value / value.abs().amax(dim=0) * 10 if key.endswith("input") else value) for key, value in data.items()}
+    MultKAN([3, 1], dtype=torch.float64).fit(small, steps=1, progress=False)
+    MultKAN([3, 1], base_fun="zero", dtype=torch.float64).fit(data, steps=1, progress=False)
