@@ -24,6 +24,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .batch import BatchedMultKAN
+    from .conserved import find_conserved
     from .datasets import create_dataset, dataset_from_arrays
     from .graph import EdgeId, build_graph
     from .kanpiler import kanpile
@@ -52,6 +53,7 @@ __all__ = [
     "build_graph",
     "create_dataset",
     "dataset_from_arrays",
+    "find_conserved",
     "fit",
     "kanpile",
     "set_malloc_thresholds",
@@ -68,6 +70,7 @@ __getattr__, __dir__ = lazy_attributes(
         "build_graph": ".graph",
         "create_dataset": ".datasets",
         "dataset_from_arrays": ".datasets",
+        "find_conserved": ".conserved",
         "fit": ".train",
         "kanpile": ".kanpiler",
         "set_malloc_thresholds": ".allocator",

@@ -1,0 +1,644 @@
+"""Conserved quantities of a dynamical system, learned as KANs and read back as formulas.
+
+A quantity ``H(x)`` is conserved along the flow ``dx/dt = f(x)`` when its
+rate of change ``grad H . f`` is zero everywhere. The states ``x`` and
+their time derivatives ``f`` may come from a simulation, finite
+differences or a known vector field. :func:`find_conserved` trains a
+MultKAN ``H`` whose gradient is perpendicular to the flow at every row,
+snaps its edges to symbolic functions and returns tidy formulas, each
+checked on the data.
+
+The objective is scale free. For each quantity ``a`` and row ``r`` it
+takes the squared cosine of the angle between ``grad H_a`` and ``f``,
+which is 0 for a conserved quantity whatever the units of ``x`` and ``f``.
+Two more terms keep the answer useful:
+
+- ``(log mean |grad H_a|^2)^2`` with weight ``SCALE_WEIGHT`` keeps the
+  gradient from shrinking to zero: a constant ``H`` is conserved but says
+  nothing.
+- For several quantities, the squared cosine between every pair of
+  gradients, with weight ``independence``, keeps the quantities
+  functionally independent (``H_2 = 2 H_1`` is no second law).
+
+:func:`conservation_residual` scores any quantity (a model, a callable on
+tensors or a sympy expression) on data, and :func:`is_conserved` checks a
+formula against a symbolic flow exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import sympy
+import torch
+from tqdm.auto import tqdm
+
+from .errors import InvalidDataError, MultKANWarning, SymbolicError, invalid_parameter, is_integer
+from .lbfgs import FlatLBFGS
+from .model import MultKAN
+from .train import _FlatParameters
+
+__all__ = ["ConservedQuantities", "ConservationWarning", "conservation_residual", "find_conserved", "is_conserved", "tidy_quantity"]
+
+# Rows whose flow is shorter than this fraction of the median flow length
+# are equilibria. Every quantity is conserved there, so they are left out.
+EQUILIBRIUM_FRACTION = 1e-9
+# Directions of the spline coefficients whose mean squared gradient is
+# below this fraction of the largest are constants, left out of the additive start.
+METRIC_CUTOFF = 1e-10
+# Training stops when a step changes the objective by less than this fraction.
+CONVERGED_CHANGE = 1e-9
+# Minimum number of rows with a non-zero flow.
+MIN_ROWS = 10
+# Denominators tried when snapping the numbers of a formula, and how far
+# (relatively) a snapped number may lie from the fitted one. A snapped number
+# is kept only when the formula's residual on the data stays within
+# RESIDUAL_SLACK times that of the unsnapped formula (or below RESIDUAL_FLOOR).
+SNAP_DENOMINATORS = range(1, 13)
+SNAP_TOLERANCE = 3e-2
+# Formulas with more operations than this are left as they are.
+TIDY_MAX_OPERATIONS = 60
+RESIDUAL_SLACK = 2.0
+RESIDUAL_FLOOR = 1e-6
+# A quantity whose residual on the test rows exceeds this is reported with a warning.
+WARN_RESIDUAL = 1e-2
+
+
+class ConservationWarning(MultKANWarning):
+    """A learned quantity is not conserved to the expected accuracy."""
+
+
+@dataclass
+class ConservedQuantities:
+    """Result of :func:`find_conserved`: networks, formulas and residuals of the learned quantities.
+
+    Attributes
+    ----------
+    models : list of MultKAN
+        The trained network of each quantity, with spline edges.
+    symbolic_models : list of MultKAN or None
+        Copies with every edge snapped to a library function (None with ``symbolic=False``).
+    formulas : list of sympy.Expr or None
+        One tidy formula per quantity (see :func:`tidy_quantity`), in the variables ``names``.
+    residual : list of float
+        Per quantity, the RMS of ``cos(angle(grad H, f))`` of the network on the test rows:
+        0 for an exactly conserved quantity, about 0.7 for a random one.
+    formula_residual : list of float or None
+        The same for each formula, on all rows.
+    names : list of str
+        The state variables.
+    history : dict
+        ``objective``: per quantity, the training objective after each step.
+    """
+
+    models: list[MultKAN]
+    symbolic_models: list[MultKAN] | None
+    formulas: list[sympy.Expr] | None
+    residual: list[float]
+    formula_residual: list[float] | None
+    names: list[str]
+    history: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        lines = [f"ConservedQuantities({len(self.residual)} in {', '.join(self.names)})"]
+        for index, residual in enumerate(self.residual):
+            formula = "" if self.formulas is None else f"  {self.formulas[index]}  (formula residual {self.formula_residual[index]:.1e})"
+            lines.append(f"  H_{index}: network residual {residual:.1e}{formula}")
+        return "\n".join(lines)
+
+
+def _as_rows(values: Any, name: str) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        tensor = values.detach()
+    else:
+        try:
+            tensor = torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise InvalidDataError(f"invalid {name}: expected an array of shape (rows, n_state), received {type(values).__name__} ({error})") from error
+    if tensor.is_complex() or not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
+        raise InvalidDataError(f"invalid {name}: expected real numbers, received dtype {tensor.dtype}")
+    if tensor.ndim != 2:
+        raise InvalidDataError(f"invalid {name}: expected an array of shape (rows, n_state), received shape {tuple(tensor.shape)}")
+    tensor = tensor.to(torch.float64)
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        row, column = (int(v) for v in bad.nonzero()[0])
+        raise InvalidDataError(f"invalid {name}: row {row}, column {column} is {float(tensor[row, column])}; remove rows with NaN or infinite values")
+    return tensor
+
+
+def _check_pair(x: Any, flow: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    x, flow = _as_rows(x, "x"), _as_rows(flow, "flow")
+    if x.shape != flow.shape:
+        raise InvalidDataError(f"invalid flow: expected the shape of x {tuple(x.shape)}, one time derivative per state variable, received {tuple(flow.shape)}")
+    if x.shape[1] < 2:
+        raise InvalidDataError(
+            f"invalid x: expected at least 2 state variables, received {x.shape[1]}; in one dimension only a constant is conserved along a moving flow"
+        )
+    return x, flow
+
+
+def _unit_flow(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the flow divided by its length, and the mask of rows that are not equilibria."""
+    length = flow.norm(dim=1)
+    moving = length > EQUILIBRIUM_FRACTION * length.median().clamp_min(torch.finfo(flow.dtype).tiny)
+    return flow / length.clamp_min(torch.finfo(flow.dtype).tiny).unsqueeze(1), moving
+
+
+def _gradients(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``H(x)`` (rows, n_quantities) and the gradients (n_quantities, rows, n_state)."""
+    rows = x.detach().clone().requires_grad_()
+    values = function(rows)
+    if values.ndim == 1:
+        values = values.unsqueeze(1)
+    gradients = []
+    last = values.shape[1] - 1
+    for output in range(values.shape[1]):
+        (gradient,) = torch.autograd.grad(
+            values[:, output].sum(), rows, create_graph=create_graph, retain_graph=create_graph or output < last, allow_unused=True
+        )
+        gradients.append(torch.zeros_like(rows) if gradient is None else gradient)
+    return values, torch.stack(gradients)
+
+
+def _objective(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float) -> torch.Tensor:
+    """Return the training objective of one quantity, with ``earlier`` the unit gradients of the quantities found before.
+
+    ``mean((grad H . f)^2) / mean(|grad H|^2)`` with unit flow ``f``, plus
+    ``independence`` times the same quotient for every earlier unit
+    gradient. Dividing by the mean squared gradient, not row by row, makes
+    the objective a Rayleigh quotient in the spline coefficients of an
+    additive network (see :func:`_additive_start`).
+    """
+    _, gradients = _gradients(model, x, create_graph=True)
+    gradient = gradients[0]
+    scale = (gradient * gradient).sum(-1).mean().clamp_min(torch.finfo(x.dtype).tiny)
+    along = ((gradient * unit_flow).sum(-1) ** 2).mean()
+    for other in earlier if independence > 0 else ():
+        along = along + independence * ((gradient * other).sum(-1) ** 2).mean()
+    return along / scale
+
+
+def _additive_start(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float) -> bool:
+    """Set a one-layer, one-output network to the best additive quantity; return whether it applied.
+
+    For ``H = sum_i sum_m c_im B_m(x_i)`` the objective of :func:`_objective`
+    is ``c^T A c / c^T M c``, with ``A`` from the products of the basis
+    derivatives with the flow (and the earlier gradients) and ``M`` from
+    the basis derivatives alone. Its minimum is the eigenvector of the
+    smallest eigenvalue of ``A c = lambda M c``, found exactly, so the
+    training starts at the global optimum of the splines on this grid.
+    """
+    if len(model.layers) != 1 or model.layers[0].operands or model.n_outputs != 1:
+        return False
+    layer = model.layers[0]
+    rows = x.detach().clone().requires_grad_()
+    with torch.enable_grad():
+        basis = layer.basis(rows)
+        n_basis = basis.shape[-1]
+        # derivative[r, i, m] = dB_m(x_ri) / dx_ri: each basis value depends on its own input only.
+        derivative = torch.stack(
+            [torch.autograd.grad(basis[..., m].sum(), rows, retain_graph=m < n_basis - 1)[0] for m in range(n_basis)], dim=-1
+        ).detach()
+    n_rows, n_state = x.shape
+
+    def products(direction: torch.Tensor) -> torch.Tensor:
+        features = (derivative * direction.unsqueeze(-1)).reshape(n_rows, n_state * n_basis)
+        return features.T @ features / n_rows
+
+    along = products(unit_flow)
+    for other in earlier if independence > 0 else ():
+        along = along + independence * products(other)
+    blocks = torch.einsum("rim,rin->imn", derivative, derivative) / n_rows
+    # Functions with no gradient (the constants) span the null space of the
+    # metric; the quotient is taken on the rest.
+    scales, directions = torch.linalg.eigh(torch.block_diag(*blocks))
+    keep = scales > METRIC_CUTOFF * scales.max()
+    if not bool(keep.any()):
+        return False
+    whitening = directions[:, keep] / scales[keep].sqrt()
+    _, vectors = torch.linalg.eigh(whitening.T @ along @ whitening)
+    coefficients = (whitening @ vectors[:, 0]).reshape(n_state, n_basis)
+    coefficients = coefficients / coefficients.abs().max()
+    with torch.no_grad():
+        layer.coef.copy_(coefficients.unsqueeze(1).to(layer.coef))
+        layer.scale_sp.fill_(1.0)
+        layer.scale_base.zero_()
+    return True
+
+
+def _train_one(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float, steps: int, bar) -> list[float]:
+    """Train one quantity's network in place with L-BFGS; return the objective after each step."""
+    parameters = _FlatParameters([parameter for parameter in model.parameters() if parameter.requires_grad])
+    optimizer = FlatLBFGS(parameters.flat, lr=1.0, max_iter=20, history_size=10, tolerance_grad=1e-32, tolerance_change=1e-32)
+
+    def closure() -> torch.Tensor:
+        parameters.zero_grad()
+        loss = _objective(model, x, unit_flow, earlier, independence)
+        loss.backward()
+        return loss
+
+    losses: list[float] = []
+    last_finite = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    try:
+        for step in range(steps):
+            loss = float(optimizer.step(closure).detach())
+            if not (math.isfinite(loss) and parameters.all_finite(torch.tensor(loss))):
+                model.load_state_dict(last_finite)
+                warnings.warn(
+                    f"find_conserved stopped at step {step}: the objective was not finite; the parameters of the step before were restored",
+                    ConservationWarning,
+                    stacklevel=3,
+                )
+                break
+            last_finite = {name: value.detach().clone() for name, value in model.state_dict().items()}
+            converged = bool(losses) and abs(losses[-1] - loss) <= CONVERGED_CHANGE * max(losses[-1], torch.finfo(x.dtype).tiny)
+            losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(objective=f"{loss:.2e}", refresh=False)
+            if converged:
+                bar.update(steps - 1 - step)
+                break
+    finally:
+        parameters.release()
+    return losses
+
+
+def conservation_residual(quantity: Any, x: Any, flow: Any, *, names: Sequence[str] | None = None) -> torch.Tensor:
+    """Return, per quantity, ``sqrt(mean((grad H . f)^2) / mean(|grad H|^2))`` with the flow ``f`` of unit length.
+
+    This is the relative rate of change of ``H`` along the flow: the RMS of
+    the cosine between ``grad H`` and ``f``, with each row weighted by
+    ``|grad H|^2``. Rows where the gradient is nearly zero (the bottom of a
+    potential well) carry little weight, as their direction is mostly
+    rounding. It is the square root of the objective of :func:`find_conserved`.
+
+    Parameters
+    ----------
+    quantity : MultKAN, callable or sympy expression (or a list of expressions)
+        A model or a callable maps a tensor (rows, n_state) to (rows,) or
+        (rows, n_quantities). Expressions are in the variables ``names``.
+    x, flow : arrays of shape (rows, n_state)
+        States and their time derivatives. Equilibria (zero flow) are left out.
+    names : sequence of str, optional
+        The state variables of sympy expressions; ``x_1, x_2, ...`` by default.
+
+    Returns
+    -------
+    tensor of shape (n_quantities,)
+        0 for an exactly conserved quantity; a quantity whose gradient
+        points in random directions scores about ``1/sqrt(n_state)``. NaN
+        for a quantity whose gradient is zero on every row.
+    """
+    x, flow = _check_pair(x, flow)
+    unit_flow, moving = _unit_flow(flow)
+    x, unit_flow = x[moving], unit_flow[moving]
+    if isinstance(quantity, (str, sympy.Basic, list, tuple)):
+        gradients = _formula_gradients(quantity, x, names)
+    else:
+        if isinstance(quantity, MultKAN):
+            model = quantity
+            if model.n_inputs != x.shape[1]:
+                raise InvalidDataError(f"invalid x: the model has {model.n_inputs} inputs, received {x.shape[1]} state variables")
+            x, unit_flow = x.to(model.dtype), unit_flow.to(model.dtype)
+        elif not callable(quantity):
+            raise invalid_parameter("quantity", "a MultKAN, a callable on tensors or a sympy expression", type(quantity).__name__)
+        with torch.enable_grad():
+            _, gradients = _gradients(quantity, x, create_graph=False)
+    gradients = gradients.detach()
+    along = ((gradients * unit_flow.to(gradients.dtype)).sum(-1) ** 2).mean(dim=1)
+    scale = (gradients * gradients).sum(-1).mean(dim=1)
+    return torch.where(scale > 0, along / scale.clamp_min(torch.finfo(gradients.dtype).tiny), torch.nan).sqrt()
+
+
+def _symbols(names: Sequence[str] | None, n_state: int) -> list[sympy.Symbol]:
+    names = [f"x_{index + 1}" for index in range(n_state)] if names is None else list(names)
+    if len(names) != n_state or len(set(names)) != len(names):
+        raise invalid_parameter("names", f"{n_state} distinct names, one per state variable", names)
+    return [sympy.Symbol(str(name), real=True) for name in names]
+
+
+def _formula_gradients(expressions: Any, x: torch.Tensor, names: Sequence[str] | None) -> torch.Tensor:
+    """Return the gradients (n_expressions, rows, n_state) of sympy expressions (or strings) at the rows ``x``."""
+    expressions = list(expressions) if isinstance(expressions, (list, tuple)) else [expressions]
+    symbols = _symbols(names, x.shape[1])
+    columns = [x[:, index].numpy() for index in range(x.shape[1])]
+    gradients = []
+    for index, expression in enumerate(expressions):
+        try:
+            gradients.append(_formula_gradient(expression, symbols, columns, x.dtype))
+        except (RecursionError, NameError, TypeError, OverflowError) as error:
+            # A formula too deep for sympy or Python's compiler, or with a
+            # function NumPy lacks. Printing a formula that deep would recurse too.
+            reason = "it is nested too deeply" if isinstance(error, RecursionError) else f"{type(error).__name__}: {error}"
+            raise SymbolicError(f"cannot evaluate the derivative of formula {index} with NumPy: {reason}") from None
+    return torch.stack(gradients)
+
+
+def _formula_gradient(expression: Any, symbols: list[sympy.Symbol], columns: list, dtype: torch.dtype) -> torch.Tensor:
+    expression = sympy.sympify(expression)
+    by_name = {symbol.name: symbol for symbol in symbols}
+    expression = expression.xreplace({free: by_name[free.name] for free in expression.free_symbols if free.name in by_name})
+    unknown = sorted(str(free) for free in expression.free_symbols - set(symbols))
+    if unknown:
+        raise invalid_parameter("quantity", f"an expression in the variables {[s.name for s in symbols]}", f"an expression with {unknown}")
+    rows = []
+    for symbol in symbols:
+        # The derivative of abs or sign holds DiracDelta terms, zero except on a set of measure zero.
+        slope = sympy.diff(expression, symbol).replace(sympy.DiracDelta, lambda *arguments: sympy.S.Zero)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            values = torch.as_tensor(sympy.lambdify(symbols, slope, "numpy")(*columns), dtype=dtype)
+        rows.append(values.expand(len(columns[0])) if values.ndim == 0 else values)
+    return torch.stack(rows, dim=1)
+
+
+def is_conserved(quantity: Any, variables: Sequence[Any], flow: Sequence[Any]) -> bool:
+    """Return whether ``d quantity / dt = sum_i (d quantity / d variables[i]) flow[i]`` simplifies to 0.
+
+    An exact check with sympy, for a formula and a known vector field,
+    for example ``is_conserved(p**2/2 - cos(q), [q, p], [p, -sin(q)])``.
+    Variables may be symbols or names.
+    """
+    if len(variables) != len(flow):
+        raise invalid_parameter("flow", f"{len(variables)} expressions, one per variable", len(flow))
+    quantity = sympy.sympify(quantity)
+    by_name = {free.name: free for free in quantity.free_symbols}
+    symbols = [variable if isinstance(variable, sympy.Symbol) else by_name.get(str(variable), sympy.Symbol(str(variable))) for variable in variables]
+    flow = [sympy.sympify(term).subs({free: by_name[free.name] for free in sympy.sympify(term).free_symbols if free.name in by_name}) for term in flow]
+    rate = sum(sympy.diff(quantity, symbol) * term for symbol, term in zip(symbols, flow))
+    return sympy.simplify(rate) == 0
+
+
+def _snap_candidates(value: float) -> list[sympy.Expr]:
+    """Return simple numbers within ``SNAP_TOLERANCE`` of ``value`` (relatively), simplest first.
+
+    0 comes first for numbers below ``SNAP_TOLERANCE`` in size, then ``n/d``
+    and ``n/d * pi`` by increasing ``d`` up to 12.
+    """
+    candidates: list[sympy.Expr] = [sympy.Integer(0)] if abs(value) < SNAP_TOLERANCE else []
+    for denominator in SNAP_DENOMINATORS:
+        for factor, symbol in ((1.0, sympy.Integer(1)), (math.pi, sympy.pi)):
+            numerator = round(value * denominator / factor)
+            if numerator != 0 and math.gcd(numerator, denominator) == 1 and abs(numerator * factor / denominator - value) <= SNAP_TOLERANCE * abs(value):
+                candidates.append(sympy.Rational(numerator, denominator) * symbol)
+    return candidates
+
+
+def _normalised(expression: sympy.Expr, symbols: Sequence[sympy.Symbol]) -> sympy.Expr:
+    """Drop the constant of an expanded expression and divide it by its largest coefficient."""
+    expression = sympy.expand(expression)
+    terms = expression.as_coefficients_dict()
+    variable_terms = {term: coefficient for term, coefficient in terms.items() if term.free_symbols & set(symbols)}
+    if not variable_terms:
+        return expression
+    scale = max(variable_terms.values(), key=lambda value: abs(float(value)))
+    return sympy.Add(*(term * (coefficient / scale) for term, coefficient in variable_terms.items()))
+
+
+def tidy_quantity(expression: Any, x: Any, flow: Any, *, names: Sequence[str] | None = None) -> tuple[sympy.Expr, float]:
+    """Return a simpler formula for a conserved quantity and its residual on the data.
+
+    A conserved quantity stays conserved when a constant is added or when
+    it is scaled. So the constant is dropped and the expression is scaled
+    so that its largest coefficient is 1. Then each number, largest first,
+    is replaced by the simplest of 0, ``n/d`` or ``n/d * pi`` (``d`` up to
+    12, within ``SNAP_TOLERANCE``) that keeps the residual
+    (:func:`conservation_residual`) within ``RESIDUAL_SLACK`` times that of
+    the scaled expression, or below ``RESIDUAL_FLOOR``. Formulas of more than
+    ``TIDY_MAX_OPERATIONS`` operations are returned as they are.
+    """
+    x, flow = _check_pair(x, flow)
+    symbols = _symbols(names, x.shape[1])
+    names = [symbol.name for symbol in symbols]
+    expression = sympy.sympify(expression)
+    expression = expression.subs({free: symbol for free in expression.free_symbols for symbol in symbols if free.name == symbol.name})
+    if sympy.count_ops(expression) > TIDY_MAX_OPERATIONS:
+        # Expanding a long formula makes it longer still, and each trial
+        # differentiates and compiles it, so a long formula is left as it is.
+        return expression, float(conservation_residual(expression, x, flow, names=names)[0])
+    current = _normalised(expression, symbols)
+    residual = float(conservation_residual(current, x, flow, names=names)[0])
+    allowed = max(RESIDUAL_SLACK * residual, RESIDUAL_FLOOR)
+    kept: set[sympy.Float] = set()
+    while True:
+        # Snapping one number can rewrite the expression (sin(q + 5*pi/2)
+        # becomes cos(q)), so the numbers are listed again after each one.
+        numbers = [atom for atom in current.atoms(sympy.Float) if atom not in kept]
+        if not numbers:
+            # The sign that makes the first printed term positive: p**2/2 - cos(q), not cos(q) - p**2/2.
+            leading = current.as_ordered_terms()[0] if isinstance(current, sympy.Add) else current
+            return (-current if leading.could_extract_minus_sign() else current), residual
+        number = max(numbers, key=lambda atom: (abs(float(atom)), str(atom)))
+        kept.add(number)
+        for candidate in _snap_candidates(float(number)):
+            trial = current.xreplace({number: candidate})
+            if not trial.free_symbols & set(symbols):
+                continue
+            trial_residual = float(conservation_residual(trial, x, flow, names=names)[0])
+            if trial_residual <= allowed:
+                current, residual = trial, trial_residual
+                break
+
+
+def _variable_terms(expression: sympy.Expr) -> dict[sympy.Expr, sympy.Expr]:
+    return {term: coefficient for term, coefficient in sympy.expand(expression).as_coefficients_dict().items() if term.free_symbols}
+
+
+def _combine(formulas: list[sympy.Expr], residuals: list[float], x: torch.Tensor, flow: torch.Tensor, names: list[str]) -> None:
+    """Shorten the formulas in place by subtracting multiples of one another.
+
+    Any combination of conserved quantities is conserved, so a formula may
+    mix others in: ``q1**2 + p1**2 + (q2**2 + p2**2/4)/100`` next to
+    ``q2**2 + p2**2/4``. For every term that two formulas share, the
+    multiple of one that cancels the term is subtracted from the other,
+    and the tidied result is kept when it has fewer terms and its residual
+    stays within ``RESIDUAL_SLACK`` times the larger of the two residuals.
+    Each kept change removes a term, so the loop ends.
+    """
+    changed = True
+    while changed:
+        changed = False
+        for first, second in ((a, b) for a in range(len(formulas)) for b in range(len(formulas)) if a != b):
+            if not all(math.isfinite(residuals[i]) for i in (first, second)):
+                continue
+            terms, others = _variable_terms(formulas[first]), _variable_terms(formulas[second])
+            allowed = max(RESIDUAL_SLACK * max(residuals[first], residuals[second]), RESIDUAL_FLOOR)
+            for term in sorted(set(terms) & set(others), key=str):
+                candidate = sympy.expand(formulas[first] - terms[term] / others[term] * formulas[second])
+                if not candidate.free_symbols:
+                    continue
+                tidy, residual = tidy_quantity(candidate, x, flow, names=names)
+                if len(_variable_terms(tidy)) < len(terms) and residual <= allowed:
+                    formulas[first], residuals[first] = tidy, residual
+                    changed = True
+                    break
+            if changed:
+                break
+
+
+def _check_options(n_state: int, n_quantities: Any, width: Any, steps: Any, test_fraction: Any, independence: Any) -> list:
+    if not is_integer(n_quantities) or not 1 <= n_quantities < n_state:
+        raise invalid_parameter("n_quantities", f"an integer from 1 to {n_state - 1} (fewer than the {n_state} state variables)", n_quantities)
+    width = [n_state, 1] if width is None else list(width)
+    if len(width) < 2 or width[0] != n_state or width[-1] != 1:
+        raise invalid_parameter("width", f"a list from {n_state} inputs (the state variables) to 1 output (one quantity)", width)
+    if not is_integer(steps) or steps < 1:
+        raise invalid_parameter("steps", "an integer >= 1", steps)
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0.0 <= test_fraction < 0.9:
+        raise invalid_parameter("test_fraction", "a number in [0, 0.9)", test_fraction)
+    if isinstance(independence, bool) or not isinstance(independence, (int, float)) or not independence >= 0:
+        raise invalid_parameter("independence", "a number >= 0", independence)
+    return width
+
+
+def find_conserved(
+    x: Any,
+    flow: Any,
+    *,
+    n_quantities: int = 1,
+    width: Sequence | None = None,
+    grid: int = 5,
+    k: int = 3,
+    steps: int = 30,
+    independence: float = 1.0,
+    names: Sequence[str] | None = None,
+    symbolic: bool = True,
+    lib: Sequence[str] | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    progress: bool = True,
+) -> ConservedQuantities:
+    """Learn ``n_quantities`` independent functions of the state that the flow keeps constant.
+
+    The quantities are learned one after another, each by its own network.
+    From the second on, the objective also contains the squared cosine
+    between the new gradient and each earlier one, weighted by
+    ``independence``, so a new quantity is not a function of the earlier
+    ones. This prefers quantities whose gradients are perpendicular, such
+    as the energies of two uncoupled oscillators.
+
+    Parameters
+    ----------
+    x : array of shape (rows, n_state)
+        States, for example points along simulated trajectories or samples of the phase space.
+    flow : array of shape (rows, n_state)
+        ``dx/dt`` at each state. Only its direction matters. Rows where it is
+        zero (equilibria) are left out.
+    n_quantities : int
+        How many quantities to learn, fewer than ``n_state``.
+    width : list, optional
+        The network of one quantity, from ``n_state`` inputs to 1 output,
+        with mult nodes as in :class:`MultKAN`. By default ``[n_state, 1]``:
+        a sum of functions of one variable each, as the energy ``p**2/(2m) +
+        V(q)`` is. Products of variables, such as an angular momentum ``x*p_y
+        - y*p_x``, need a hidden layer with mult nodes.
+    grid, k : int
+        Spline intervals and degree.
+    steps : int
+        L-BFGS steps per quantity (up to 20 iterations each). The grids are
+        placed on the data once, before training: a grid update refits the
+        splines' values, not their slopes, which this objective depends on.
+    independence : float
+        Weight of the independence term.
+    names : sequence of str, optional
+        Names of the state variables in the formulas; ``x_1, x_2, ...`` by default.
+    symbolic : bool
+        Snap the trained edges to library functions and return tidy formulas
+        (:func:`tidy_quantity`).
+    lib : sequence of str, optional
+        Library functions for the snapping; the full library by default.
+    test_fraction : float
+        Share of the rows held out to report ``residual``; 0 reports it on the training rows.
+    seed : int
+        Seed of the networks and of the split.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ConservedQuantities
+
+    Warns
+    -----
+    ConservationWarning
+        When a quantity's residual on the test rows is above ``WARN_RESIDUAL`` (1e-2).
+
+    Examples
+    --------
+    A pendulum, ``dq/dt = p`` and ``dp/dt = -sin(q)``:
+
+    >>> import torch
+    >>> from multkan.conserved import find_conserved
+    >>> q, p = torch.rand(2, 1000, dtype=torch.float64) * 4 - 2
+    >>> found = find_conserved(torch.stack([q, p], 1), torch.stack([p, -torch.sin(q)], 1), names=["q", "p"], progress=False)
+    >>> found.formulas
+    [-p**2/2 + cos(q)]
+    """
+    x, flow = _check_pair(x, flow)
+    n_state = x.shape[1]
+    width = _check_options(n_state, n_quantities, width, steps, test_fraction, independence)
+    symbols = _symbols(names, n_state)
+    names = [symbol.name for symbol in symbols]
+    unit_flow, moving = _unit_flow(flow)
+    x, flow, unit_flow = x[moving], flow[moving], unit_flow[moving]
+    if x.shape[0] < MIN_ROWS:
+        raise InvalidDataError(f"invalid flow: expected at least {MIN_ROWS} rows where the flow is not zero, received {x.shape[0]}")
+
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(x.shape[0], generator=generator)
+    n_test = min(int(round(test_fraction * x.shape[0])), x.shape[0] - MIN_ROWS)
+    test, train = order[:n_test], order[n_test:]
+    if n_test == 0:
+        test = train
+    x_train, flow_train = x[train], unit_flow[train]
+    low, high = x_train.min(dim=0).values, x_train.max(dim=0).values
+
+    models: list[MultKAN] = []
+    earlier: list[torch.Tensor] = []
+    history: dict[str, list[list[float]]] = {"objective": []}
+    residual: list[float] = []
+    with tqdm(total=steps * n_quantities, desc="find_conserved", disable=not progress, dynamic_ncols=True) as bar:
+        for index in range(n_quantities):
+            model = MultKAN(
+                width, grid=grid, k=k, seed=seed + index, dtype=torch.float64, input_names=names, grid_range=(float(low.min()), float(high.max()))
+            )
+            model.update_grid(x_train)
+            _additive_start(model, x_train, flow_train, earlier, independence)
+            history["objective"].append(_train_one(model, x_train, flow_train, earlier, independence, steps, bar))
+            models.append(model)
+            with torch.enable_grad():
+                _, gradients = _gradients(model, x_train, create_graph=False)
+            earlier.append(gradients[0] / gradients[0].norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny))
+            residual.append(float(conservation_residual(model, x[test], flow[test])[0]))
+
+    for index, value in enumerate(residual):
+        if value > WARN_RESIDUAL:
+            warnings.warn(
+                f"quantity {index} is conserved only to a residual of {value:.1e} on the test rows (0 is exact, about 0.7 is random); "
+                "try more steps, a larger grid or a width with a hidden layer",
+                ConservationWarning,
+                stacklevel=2,
+            )
+
+    symbolic_models = formulas = formula_residual = None
+    if symbolic:
+        symbolic_models, formulas, formula_residual = [], [], []
+        for model in models:
+            snapped = model.copy()
+            snapped.auto_symbolic(lib, x=x_train, warn_weak=False)
+            raw = snapped.symbolic_formula(symbols)[0]
+            try:
+                tidy, value = tidy_quantity(raw, x, flow, names=names)
+            except SymbolicError:
+                tidy, value = raw, math.nan
+            symbolic_models.append(snapped)
+            formulas.append(tidy)
+            formula_residual.append(value)
+        _combine(formulas, formula_residual, x, flow, names)
+    return ConservedQuantities(models, symbolic_models, formulas, residual, formula_residual, names, history)

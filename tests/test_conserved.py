@@ -1,0 +1,197 @@
+"""Conserved quantities: exact formulas for known flows, residuals on data, and input checks."""
+
+import math
+
+import numpy as np
+import pytest
+import sympy
+import torch
+
+from multkan import InvalidDataError, InvalidParameterError, MultKAN, SymbolicError
+from multkan.conserved import (
+    ConservationWarning,
+    _additive_start,
+    _objective,
+    conservation_residual,
+    find_conserved,
+    is_conserved,
+    tidy_quantity,
+)
+
+q, p, q1, p1, q2, p2 = sympy.symbols("q p q1 p1 q2 p2", real=True)
+
+
+def _states(n_state, n_rows=600, low=-2.0, high=2.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n_rows, n_state, generator=generator, dtype=torch.float64) * (high - low) + low
+
+
+def _oscillator(x, omega=1.0):
+    return torch.stack([x[:, 1], -(omega**2) * x[:, 0]], dim=1)
+
+
+def _pendulum(x):
+    return torch.stack([x[:, 1], -torch.sin(x[:, 0])], dim=1)
+
+
+def _same(found, expected):
+    return sympy.simplify(found - expected) == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_oscillator_gives_exact_energy(seed):
+    x = _states(2, seed=seed)
+    found = find_conserved(x, _oscillator(x, omega=2.0), names=["q", "p"], progress=False, seed=seed)
+    assert _same(found.formulas[0], q**2 + p**2 / 4)
+    assert is_conserved(found.formulas[0], [q, p], [p, -4 * q])
+    assert found.residual[0] < 1e-4
+    assert found.formula_residual[0] < 1e-12
+
+
+def test_pendulum_gives_cosine_potential():
+    x = _states(2, n_rows=800, low=-3.0, high=3.0)
+    found = find_conserved(x, _pendulum(x), names=["q", "p"], progress=False)
+    assert _same(found.formulas[0], p**2 / 2 - sympy.cos(q))
+    assert is_conserved(found.formulas[0], ["q", "p"], [p, -sympy.sin(q)])
+    assert found.residual[0] < 1e-2
+
+
+def test_two_oscillators_give_two_separate_energies():
+    x = _states(4, n_rows=800)
+    flow = torch.cat([_oscillator(x[:, :2]), _oscillator(x[:, 2:], omega=2.0)], dim=1)
+    found = find_conserved(x, flow, n_quantities=2, names=["q1", "p1", "q2", "p2"], progress=False)
+    expected = [q1**2 + p1**2, q2**2 + p2**2 / 4]
+    assert sorted(map(str, found.formulas)) == sorted(map(str, expected))
+    assert all(value < 1e-3 for value in found.residual)
+    assert len(found.models) == 2
+    assert len(found.symbolic_models) == 2
+
+
+def test_additive_start_reaches_the_optimum():
+    x = _states(2)
+    flow = _oscillator(x, omega=1.5)
+    unit = flow / flow.norm(dim=1, keepdim=True)
+    model = MultKAN([2, 1], grid=5, k=3, dtype=torch.float64)
+    model.update_grid(x)
+    before = float(_objective(model, x, unit, [], 1.0).detach())
+    assert _additive_start(model, x, unit, [], 1.0)
+    after = float(_objective(model, x, unit, [], 1.0).detach())
+    # q**2 + p**2 / 2.25 lies outside the cubic splines only by their approximation error.
+    assert before > 1e-2
+    assert after < 1e-8
+    assert not _additive_start(MultKAN([2, [0, 1], 1], dtype=torch.float64), x, unit, [], 1.0)
+
+
+def test_equilibria_are_left_out():
+    x = _states(2)
+    flow = _oscillator(x)
+    flow[:50] = 0.0
+    found = find_conserved(x, flow, names=["q", "p"], progress=False, symbolic=False)
+    assert found.formulas is None
+    assert found.symbolic_models is None
+    assert found.residual[0] < 1e-4
+
+
+def test_dissipative_flow_warns():
+    x = _states(2)
+    damped = torch.stack([x[:, 1], -x[:, 0] - 0.5 * x[:, 1]], dim=1)
+    with pytest.warns(ConservationWarning, match="quantity 0 is conserved only to a residual"):
+        found = find_conserved(x, damped, progress=False, symbolic=False, steps=5)
+    assert found.residual[0] > 1e-2
+
+
+def test_residual_of_formulas_models_and_callables():
+    x = _states(2)
+    flow = _pendulum(x)
+    exact, wrong = conservation_residual([p**2 / 2 - sympy.cos(q), q], x, flow, names=["q", "p"])
+    assert float(exact) < 1e-14
+    # d q / dt = p, so the residual is rms(p / |f|) over the rows.
+    unit_p = flow[:, 0] / flow.norm(dim=1)
+    assert float(wrong) == pytest.approx(float(unit_p.pow(2).mean().sqrt()), rel=1e-12)
+    by_callable = conservation_residual(lambda v: v[:, 1] ** 2 / 2 - torch.cos(v[:, 0]), x, flow)
+    assert float(by_callable[0]) < 1e-14
+    model = MultKAN([2, 1], dtype=torch.float64)
+    assert conservation_residual(model, x, flow).shape == (1,)
+    assert math.isnan(float(conservation_residual(lambda v: v[:, 0] * 0, x, flow)[0]))
+    # Strings are read as sympy expressions. sign(q - 10) is -1 on the data, and its
+    # derivative 2*DiracDelta(q - 10) counts as 0, which NumPy could not evaluate.
+    with_sign = conservation_residual("p**2/2 - cos(q) + sign(q - 10)", x.numpy(), flow.numpy(), names=["q", "p"])
+    assert float(with_sign[0]) < 1e-14
+
+
+def test_is_conserved_exact_checks():
+    assert is_conserved(q**2 + p**2, [q, p], [p, -q])
+    assert not is_conserved(q**2 + 2 * p**2, [q, p], [p, -q])
+    assert is_conserved("x*py - y*px", ["x", "y", "px", "py"], ["px", "py", "-x", "-y"])
+    with pytest.raises(InvalidParameterError, match="flow"):
+        is_conserved(q, [q, p], [p])
+
+
+def test_tidy_quantity_snaps_a_fitted_pendulum_formula():
+    x = _states(2, low=-3.0, high=3.0)
+    fitted = (
+        -0.0925252057880185 * (1.99919035255915 * p - 0.000312670645452477) ** 2
+        + 0.737572879585257 * sympy.sin(1.00103330839354 * q + 7.85433850878255)
+        + 0.248291630248808
+    )
+    tidy, residual = tidy_quantity(fitted, x, _pendulum(x), names=["q", "p"])
+    assert tidy == p**2 / 2 - sympy.cos(q)
+    assert residual < 1e-14
+    # 1.37 is no simple number (4/3 and 11/8 lie beyond what the data allow), so the ratio stays a float.
+    tidy, residual = tidy_quantity(q**2 + 1.37 * p**2, x, torch.stack([1.37 * x[:, 1], -x[:, 0]], dim=1), names=["q", "p"])
+    assert tidy.coeff(p**2) == 1
+    assert float(tidy.coeff(q**2)) == pytest.approx(1 / 1.37, rel=1e-12)
+    assert residual < 1e-14
+
+
+def test_formula_too_deep_for_numpy_is_reported():
+    x = _states(2)
+    deep = q
+    for _ in range(100):
+        deep = 2 * sympy.exp(deep) + 1
+    with pytest.raises(SymbolicError, match="cannot evaluate the derivative of formula 0 with NumPy: it is nested too deeply"):
+        conservation_residual(deep, x, _oscillator(x), names=["q", "p"])
+
+
+@pytest.mark.parametrize(
+    "arguments, error, match",
+    [
+        (dict(x=np.zeros((20, 2)), flow=np.zeros((20, 3))), InvalidDataError, "one time derivative per state variable"),
+        (dict(x=np.zeros((20, 1)), flow=np.ones((20, 1))), InvalidDataError, "at least 2 state variables"),
+        (dict(x=np.zeros(20), flow=np.ones(20)), InvalidDataError, "shape"),
+        (dict(n_quantities=2), InvalidParameterError, "n_quantities"),
+        (dict(n_quantities=0), InvalidParameterError, "n_quantities"),
+        (dict(width=[2, 2]), InvalidParameterError, "width"),
+        (dict(width=[3, 1]), InvalidParameterError, "width"),
+        (dict(steps=0), InvalidParameterError, "steps"),
+        (dict(test_fraction=0.95), InvalidParameterError, "test_fraction"),
+        (dict(independence=-1.0), InvalidParameterError, "independence"),
+        (dict(names=["q", "q"]), InvalidParameterError, "names"),
+    ],
+)
+def test_bad_input_is_named(arguments, error, match):
+    x = _states(2, n_rows=40)
+    call = dict(x=x, flow=_oscillator(x), progress=False)
+    call.update(arguments)
+    with pytest.raises(error, match=match):
+        find_conserved(call.pop("x"), call.pop("flow"), **call)
+
+
+def test_non_finite_and_resting_data_are_rejected():
+    x = _states(2, n_rows=40)
+    flow = _oscillator(x)
+    bad = x.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(InvalidDataError, match="row 3, column 1 is nan"):
+        find_conserved(bad, flow, progress=False)
+    with pytest.raises(InvalidDataError, match="at least 10 rows where the flow is not zero"):
+        find_conserved(x, torch.zeros_like(x), progress=False)
+
+
+def test_long_formulas_are_left_as_they_are():
+    x = _states(2)
+    long = sum(sympy.Float(0.1 * (i + 1)) * sympy.cos((i + 1) * q + sympy.Float(0.37) * p) for i in range(12))
+    assert sympy.count_ops(long) > 60
+    tidy, residual = tidy_quantity(long, x, _oscillator(x), names=["q", "p"])
+    assert tidy == long
+    assert residual == pytest.approx(float(conservation_residual(long, x, _oscillator(x), names=["q", "p"])[0]))
