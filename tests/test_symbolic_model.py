@@ -394,3 +394,21 @@ def test_readme_mult_example_formula():
     x_1, x_2 = sympy.symbols("x_1 x_2", real=True)
     formula = snap_formula_constants(model.symbolic_formula()[0])
     assert simplify_constants(formula, [x_1, x_2], data["train_input"], data["train_label"]) == x_1 * x_2
+
+
+def test_snap_constants_warns_on_poor_fit():
+    from multkan import SymbolicFitWarning
+
+    data = create_dataset(lambda x: torch.exp(3 * x[:, 0]), n_var=1, train_num=200, test_num=20, seed=0, dtype=torch.float64)
+    model = MultKAN([1, 1], seed=0, dtype=torch.float64)
+    # sin cannot follow exp(3x): the fit is poor, and snapping its constants would dress it up.
+    model.fix_symbolic((0, 0, 0), "sin", fit_params=False)
+    with pytest.warns(SymbolicFitWarning, match=r"fits the training labels only to an RMSE of [\d.]+ times"):
+        model.snap_constants(data)
+    exact = MultKAN([1, 1], seed=0, dtype=torch.float64)
+    exact.fix_symbolic((0, 0, 0), "exp", fit_params=False)
+    with torch.no_grad():
+        exact.layers[0].symbolic_affine[0, 0] = torch.tensor([3.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SymbolicFitWarning)
+        exact.snap_constants(data)

@@ -13,7 +13,7 @@ import networkx as nx
 import sympy
 import torch
 
-from ..errors import SymbolicError, invalid_parameter
+from ..errors import SymbolicError, SymbolicFitWarning, invalid_parameter
 from ..graph import edge_id_of
 
 if TYPE_CHECKING:
@@ -223,6 +223,10 @@ class SnapResult:
     loss_after: float
 
 
+# snap_constants warns when the model's training RMSE exceeds this fraction of the labels' standard deviation.
+POOR_FIT_RMSE = 1e-2
+
+
 def snap_constants(
     model: MultKAN,
     dataset: dict,
@@ -250,6 +254,15 @@ def snap_constants(
     data = prepare_dataset(model, dataset, "mse")
     frozen = [torch.zeros_like(layer.symbolic_affine, dtype=torch.bool) for layer in model.layers]
     loss_before = _training_loss(model, data)
+    relative = math.sqrt(loss_before / max(float(data["train_label"].var()), 1e-300))
+    if relative > POOR_FIT_RMSE:
+        warnings.warn(
+            f"snap_constants: the symbolic model fits the training labels only to an RMSE of {relative:.2g} times their "
+            "standard deviation, so snapped constants such as pi or 1/2 carry no physical meaning; "
+            "improve the fit (more steps, another width or library) before snapping",
+            SymbolicFitWarning,
+            stacklevel=3,
+        )
     if loss_floor is None:
         loss_floor = 1e-6 if model.dtype == torch.float32 else 1e-10
     floor = loss_floor * float(data["train_label"].var()) + 1e-30
