@@ -458,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="start no further method, and stop the running one, after this many seconds; a network method stops between training stages (default: no limit)",
     )
+    discover.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1: the fits here are small, and with other jobs on the cores more threads made a fit up to 50 times slower)")
     discover.add_argument("--quiet", action="store_true", help="hide progress bars")
     discover.add_argument("--json", action="store_true", help="print the report as JSON instead of a summary")
     discover.set_defaults(handler=_discover)
@@ -482,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="fit the standard example exp(sin(pi*x_1) + x_2^2) and print the test RMSE")
     demo.add_argument("--steps", type=int, default=50, help="L-BFGS steps before and after grid refinement (default 50)")
     demo.add_argument("--seed", type=int, default=0, help="seed of data and model (default 0)")
+    demo.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1: the fits here are small, and with other jobs on the cores more threads made a fit up to 50 times slower)")
     demo.add_argument("--quiet", action="store_true", help="hide progress bars")
     demo.set_defaults(handler=_demo)
     return parser
@@ -494,6 +496,14 @@ def main(argv: list[str] | None = None) -> int:
     from .allocator import set_malloc_thresholds
 
     set_malloc_thresholds()
+    threads = getattr(arguments, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            print(f"multkan {arguments.command}: invalid --threads {threads}: expected an integer >= 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(threads)
     return arguments.handler(arguments)
 
 

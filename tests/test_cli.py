@@ -158,3 +158,21 @@ def test_discover_stops_after_exact_formula_and_network(tmp_path, capsys):
     assert report["method"] == "power_law"
     assert report["network_method"] == "additive"
     assert report["skipped"] == {"separable_product": "not run: an earlier formula already fits to stop_rmse"}
+
+
+def test_threads_option_sets_torch_threads(tmp_path, capsys):
+    import torch
+
+    path = tmp_path / "data.csv"
+    path.write_text("a,b\n1,2\n3,4\n")
+    assert main(["discover", str(path), "--target", "y", "--threads", "0"]) == 2
+    assert "invalid --threads 0: expected an integer >= 1" in capsys.readouterr().err
+    try:
+        # The run fails on the missing column after the thread count is set.
+        assert main(["discover", str(path), "--target", "y", "--threads", "2", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(3)
+        main(["discover", str(path), "--target", "y", "--out", str(tmp_path / "out"), "--quiet"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(1)
