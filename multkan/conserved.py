@@ -8,17 +8,13 @@ MultKAN ``H`` whose gradient is perpendicular to the flow at every row,
 snaps its edges to symbolic functions and returns tidy formulas, each
 checked on the data.
 
-The objective is scale free. For each quantity ``a`` and row ``r`` it
-takes the squared cosine of the angle between ``grad H_a`` and ``f``,
-which is 0 for a conserved quantity whatever the units of ``x`` and ``f``.
-Two more terms keep the answer useful:
-
-- ``(log mean |grad H_a|^2)^2`` with weight ``SCALE_WEIGHT`` keeps the
-  gradient from shrinking to zero: a constant ``H`` is conserved but says
-  nothing.
-- For several quantities, the squared cosine between every pair of
-  gradients, with weight ``independence``, keeps the quantities
-  functionally independent (``H_2 = 2 H_1`` is no second law).
+The objective, ``mean((grad H . f)^2) / mean(|grad H|^2)`` with ``f`` of
+unit length, is free of units. Dividing by the mean squared gradient keeps a
+constant ``H``, which is conserved but says nothing, from winning. Later
+quantities add the same quotient for the gradients of earlier ones, weighted
+by ``independence``, so ``H_2 = 2 H_1`` is no second law. For additive
+networks and for sums of candidate terms the objective is a Rayleigh
+quotient, minimised exactly by a generalised eigenvector.
 
 :func:`conservation_residual` scores any quantity (a model, a callable on
 tensors or a sympy expression) on data, and :func:`is_conserved` checks a
@@ -61,6 +57,14 @@ MIN_ROWS = 10
 # RESIDUAL_SLACK times that of the unsnapped formula (or below RESIDUAL_FLOOR).
 SNAP_DENOMINATORS = range(1, 13)
 SNAP_TOLERANCE = 3e-2
+# A number within EXACT_TOLERANCE (relatively) of a fraction with a
+# denominator up to EXACT_DENOMINATOR may also snap to that fraction.
+EXACT_DENOMINATOR = 1000
+EXACT_TOLERANCE = 1e-9
+# Powers of each variable among the candidate terms of a formula's refit,
+# and the smallest share of the largest term's gradient that a term keeps.
+MAX_POWER = 4
+MIN_TERM_SHARE = 1e-3
 # Formulas with more operations than this are left as they are.
 TIDY_MAX_OPERATIONS = 60
 RESIDUAL_SLACK = 2.0
@@ -379,7 +383,9 @@ def _snap_candidates(value: float) -> list[sympy.Expr]:
     """Return simple numbers within ``SNAP_TOLERANCE`` of ``value`` (relatively), simplest first.
 
     0 comes first for numbers below ``SNAP_TOLERANCE`` in size, then ``n/d``
-    and ``n/d * pi`` by increasing ``d`` up to 12.
+    and ``n/d * pi`` by increasing ``d`` up to 12, and last a fraction with
+    a denominator up to ``EXACT_DENOMINATOR`` that matches ``value`` to
+    ``EXACT_TOLERANCE``.
     """
     candidates: list[sympy.Expr] = [sympy.Integer(0)] if abs(value) < SNAP_TOLERANCE else []
     for denominator in SNAP_DENOMINATORS:
@@ -387,6 +393,10 @@ def _snap_candidates(value: float) -> list[sympy.Expr]:
             numerator = round(value * denominator / factor)
             if numerator != 0 and math.gcd(numerator, denominator) == 1 and abs(numerator * factor / denominator - value) <= SNAP_TOLERANCE * abs(value):
                 candidates.append(sympy.Rational(numerator, denominator) * symbol)
+    # A ratio of physical constants, such as 1/(2*9.81) = 50/981, comes out of an exact refit to about 1e-15.
+    exact = Fraction(value).limit_denominator(EXACT_DENOMINATOR)
+    if exact != 0 and abs(float(exact) - value) <= EXACT_TOLERANCE * abs(value):
+        candidates.append(sympy.Rational(exact.numerator, exact.denominator))
     return candidates
 
 
@@ -444,6 +454,92 @@ def tidy_quantity(expression: Any, x: Any, flow: Any, *, names: Sequence[str] | 
             if trial_residual <= allowed:
                 current, residual = trial, trial_residual
                 break
+
+
+def _candidate_terms(expression: sympy.Expr, symbols: list[sympy.Symbol], x: torch.Tensor) -> list[sympy.Expr]:
+    """Return the terms of ``expression`` with unit coefficients, powers 1 to 4 of every variable, and logarithms of positive ones."""
+    terms = set()
+    for term in _variable_terms(expression):
+        terms.add(term)
+    for index, symbol in enumerate(symbols):
+        terms.update(symbol**power for power in range(1, MAX_POWER + 1))
+        if bool((x[:, index] > 0).all()):
+            terms.add(sympy.log(symbol))
+    return sorted(terms, key=sympy.default_sort_key)
+
+
+def _refit_terms(
+    expression: sympy.Expr, residual: float, symbols: list[sympy.Symbol], x: torch.Tensor, flow: torch.Tensor, earlier: list[torch.Tensor], independence: float
+) -> tuple[sympy.Expr, float]:
+    """Return a sparse sum of candidate terms that is conserved better than ``expression``, or ``expression``.
+
+    An edge snapped to one library function cannot express ``q**2/2 +
+    q**4/4`` or ``x - log(x)``, and the ratio of two snapped coefficients is
+    only as exact as the splines. For ``H = sum_k c_k t_k(x)`` over the
+    terms of :func:`_candidate_terms`, the objective of :func:`_objective`
+    is a Rayleigh quotient in ``c``, minimised exactly by a generalised
+    eigenvector. Terms that contribute less than ``MIN_TERM_SHARE`` of the
+    largest term are dropped. The others are then removed one at a time, the smallest
+    contribution first, while the residual stays within ``RESIDUAL_SLACK``
+    times the best one (or below ``RESIDUAL_FLOOR``). The result replaces
+    ``expression`` when its tidied residual is below half of ``residual``,
+    or no worse with fewer terms. ``earlier`` contains the unit gradients of
+    earlier quantities at the rows ``x`` (where the flow is non-zero), weighted by ``independence``.
+    """
+    if not math.isfinite(residual) or residual <= RESIDUAL_FLOOR or sympy.count_ops(expression) > TIDY_MAX_OPERATIONS:
+        return expression, residual
+    terms = _candidate_terms(expression, symbols, x)
+    unit_flow, moving = _unit_flow(flow)
+    rows = x[moving]
+    unit_flow = unit_flow[moving]
+    gradients = _formula_gradients(terms, rows, [symbol.name for symbol in symbols])
+    if not bool(torch.isfinite(gradients).all()):
+        return expression, residual
+    n_rows = rows.shape[0]
+    along_rows = torch.einsum("krn,rn->kr", gradients, unit_flow)
+    along = along_rows @ along_rows.T / n_rows
+    for other in earlier if independence > 0 else ():
+        overlap = torch.einsum("krn,rn->kr", gradients, other.to(gradients))
+        along = along + independence * overlap @ overlap.T / n_rows
+    metric = torch.einsum("krn,jrn->kj", gradients, gradients) / n_rows
+
+    def solve(active: list[int]) -> tuple[torch.Tensor, float] | None:
+        scales, directions = torch.linalg.eigh(metric[active][:, active])
+        keep = scales > METRIC_CUTOFF * scales.max()
+        if not bool(keep.any()):
+            return None
+        whitening = directions[:, keep] / scales[keep].sqrt()
+        values, vectors = torch.linalg.eigh(whitening.T @ along[active][:, active] @ whitening)
+        return whitening @ vectors[:, 0], math.sqrt(max(float(values[0]), 0.0))
+
+    active = list(range(len(terms)))
+    solved = solve(active)
+    if solved is None:
+        return expression, residual
+    coefficients, best = solved
+    # Terms far smaller than the largest fit the data's own errors (finite
+    # differences, rounding), not the law, so they go first whatever the residual.
+    while len(active) > 1:
+        sizes = coefficients.abs() * metric.diagonal()[active].sqrt()
+        large = [term for position, term in enumerate(active) if sizes[position] >= MIN_TERM_SHARE * sizes.max()]
+        solved = solve(large) if len(large) < len(active) else None
+        if solved is None:
+            break
+        active, (coefficients, best) = large, solved
+    allowed = max(RESIDUAL_SLACK * best, RESIDUAL_FLOOR)
+    while len(active) > 1:
+        sizes = coefficients.abs() * metric.diagonal()[active].sqrt()
+        trial = [term for position, term in enumerate(active) if position != int(sizes.argmin())]
+        solved = solve(trial)
+        if solved is None or solved[1] > allowed:
+            break
+        active, (coefficients, _) = trial, solved
+    candidate = sympy.Add(*(sympy.Float(float(value)) * terms[term] for term, value in zip(active, coefficients)))
+    tidy, tidy_residual = tidy_quantity(candidate, x, flow, names=[symbol.name for symbol in symbols])
+    fewer = len(_variable_terms(tidy)) < len(_variable_terms(expression))
+    if tidy_residual < 0.5 * residual or (fewer and tidy_residual <= residual):
+        return tidy, tidy_residual
+    return expression, residual
 
 
 def _variable_terms(expression: sympy.Expr) -> dict[sympy.Expr, sympy.Expr]:
@@ -567,7 +663,8 @@ def find_conserved(
     Warns
     -----
     ConservationWarning
-        When a quantity's residual on the test rows is above ``WARN_RESIDUAL`` (1e-2).
+        When a quantity's residual on the test rows is above ``WARN_RESIDUAL``
+        (1e-2), unless its formula's residual is at most that.
 
     Examples
     --------
@@ -617,28 +714,32 @@ def find_conserved(
             earlier.append(gradients[0] / gradients[0].norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny))
             residual.append(float(conservation_residual(model, x[test], flow[test])[0]))
 
-    for index, value in enumerate(residual):
-        if value > WARN_RESIDUAL:
-            warnings.warn(
-                f"quantity {index} is conserved only to a residual of {value:.1e} on the test rows (0 is exact, about 0.7 is random); "
-                "try more steps, a larger grid or a width with a hidden layer",
-                ConservationWarning,
-                stacklevel=2,
-            )
-
     symbolic_models = formulas = formula_residual = None
     if symbolic:
         symbolic_models, formulas, formula_residual = [], [], []
-        for model in models:
+        for index, model in enumerate(models):
             snapped = model.copy()
             snapped.auto_symbolic(lib, x=x_train, warn_weak=False)
             raw = snapped.symbolic_formula(symbols)[0]
             try:
                 tidy, value = tidy_quantity(raw, x, flow, names=names)
+                refit, _ = _refit_terms(tidy, value, symbols, x[train], flow[train], earlier[:index], independence)
+                if refit is not tidy:
+                    tidy, value = refit, float(conservation_residual(refit, x, flow, names=names)[0])
             except SymbolicError:
                 tidy, value = raw, math.nan
             symbolic_models.append(snapped)
             formulas.append(tidy)
             formula_residual.append(value)
         _combine(formulas, formula_residual, x, flow, names)
+    for index, value in enumerate(residual):
+        # A formula that is conserved better than its network (a sum of terms refitted exactly) settles the question.
+        formula_value = formula_residual[index] if formula_residual is not None else math.nan
+        if value > WARN_RESIDUAL and not formula_value <= WARN_RESIDUAL:
+            warnings.warn(
+                f"quantity {index} is conserved only to a residual of {value:.1e} on the test rows (0 is exact, about 0.7 is random); "
+                "try more steps, a larger grid or a width with a hidden layer",
+                ConservationWarning,
+                stacklevel=2,
+            )
     return ConservedQuantities(models, symbolic_models, formulas, residual, formula_residual, names, history)
