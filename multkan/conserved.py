@@ -66,7 +66,7 @@ EXACT_TOLERANCE = 1e-9
 MAX_POWER = 4
 MIN_TERM_SHARE = 1e-3
 # Formulas with more operations than this are left as they are.
-TIDY_MAX_OPERATIONS = 60
+TIDY_MAX_OPERATIONS = 40
 RESIDUAL_SLACK = 2.0
 RESIDUAL_FLOOR = 1e-6
 # A quantity whose residual on the test rows exceeds this is reported with a warning.
@@ -160,6 +160,9 @@ def _gradients(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     values = function(rows)
     if values.ndim == 1:
         values = values.unsqueeze(1)
+    if not values.requires_grad:
+        # A function that does not depend on x (a constant) has zero gradient.
+        return values, torch.zeros(values.shape[1], *rows.shape, dtype=rows.dtype)
     gradients = []
     last = values.shape[1] - 1
     for output in range(values.shape[1]):
@@ -322,8 +325,8 @@ def conservation_residual(quantity: Any, x: Any, flow: Any, *, names: Sequence[s
 
 def _symbols(names: Sequence[str] | None, n_state: int) -> list[sympy.Symbol]:
     names = [f"x_{index + 1}" for index in range(n_state)] if names is None else list(names)
-    if len(names) != n_state or len(set(names)) != len(names):
-        raise invalid_parameter("names", f"{n_state} distinct names, one per state variable", names)
+    if len(names) != n_state or len(set(names)) != len(names) or not all(isinstance(name, str) and name.isidentifier() for name in names):
+        raise invalid_parameter("names", f"{n_state} distinct identifiers (strings), one per state variable", names)
     return [sympy.Symbol(str(name), real=True) for name in names]
 
 
@@ -345,9 +348,7 @@ def _formula_gradients(expressions: Any, x: torch.Tensor, names: Sequence[str] |
 
 
 def _formula_gradient(expression: Any, symbols: list[sympy.Symbol], columns: list, dtype: torch.dtype) -> torch.Tensor:
-    expression = sympy.sympify(expression)
-    by_name = {symbol.name: symbol for symbol in symbols}
-    expression = expression.xreplace({free: by_name[free.name] for free in expression.free_symbols if free.name in by_name})
+    expression = _parse(expression, {symbol.name: symbol for symbol in symbols})
     unknown = sorted(str(free) for free in expression.free_symbols - set(symbols))
     if unknown:
         raise invalid_parameter("quantity", f"an expression in the variables {[s.name for s in symbols]}", f"an expression with {unknown}")
@@ -362,21 +363,34 @@ def _formula_gradient(expression: Any, symbols: list[sympy.Symbol], columns: lis
     return torch.stack(rows, dim=1)
 
 
+def _parse(expression: Any, by_name: dict[str, sympy.Symbol]) -> sympy.Expr:
+    """Return ``expression`` as sympy, with every symbol of a name in ``by_name`` replaced by that symbol.
+
+    Strings are parsed with those names as symbols, so ``E``, ``I``, ``S``
+    or ``N`` name variables, not sympy's constants and functions.
+    """
+    parsed = sympy.sympify(expression, locals=dict(by_name)) if isinstance(expression, str) else sympy.sympify(expression)
+    return parsed.xreplace({free: by_name[free.name] for free in parsed.free_symbols if free.name in by_name})
+
+
 def is_conserved(quantity: Any, variables: Sequence[Any], flow: Sequence[Any]) -> bool:
-    """Return whether ``d quantity / dt = sum_i (d quantity / d variables[i]) flow[i]`` simplifies to 0.
+    """Return whether ``d quantity / dt = sum_i (d quantity / d variables[i]) flow[i]`` is exactly 0.
 
     An exact check with sympy, for a formula and a known vector field,
     for example ``is_conserved(p**2/2 - cos(q), [q, p], [p, -sin(q)])``.
-    Variables may be symbols or names.
+    Variables may be symbols or names, and symbols match by name whatever
+    their assumptions (``real=True`` or none). The rate is expanded and
+    then compared with 0 by :meth:`sympy.Expr.equals`, which also evaluates
+    it at random points, instead of ``sympy.simplify``, which ran for more
+    than 10 minutes on some formulas.
     """
     if len(variables) != len(flow):
         raise invalid_parameter("flow", f"{len(variables)} expressions, one per variable", len(flow))
-    quantity = sympy.sympify(quantity)
-    by_name = {free.name: free for free in quantity.free_symbols}
-    symbols = [variable if isinstance(variable, sympy.Symbol) else by_name.get(str(variable), sympy.Symbol(str(variable))) for variable in variables]
-    flow = [sympy.sympify(term).subs({free: by_name[free.name] for free in sympy.sympify(term).free_symbols if free.name in by_name}) for term in flow]
-    rate = sum(sympy.diff(quantity, symbol) * term for symbol, term in zip(symbols, flow))
-    return sympy.simplify(rate) == 0
+    names = [variable.name if isinstance(variable, sympy.Symbol) else str(variable) for variable in variables]
+    by_name = {name: sympy.Symbol(name, real=True) for name in names}
+    quantity = _parse(quantity, by_name)
+    rate = sympy.expand(sum(sympy.diff(quantity, by_name[name]) * _parse(term, by_name) for name, term in zip(names, flow)))
+    return rate == 0 or rate.equals(0) is True
 
 
 def _snap_candidates(value: float) -> list[sympy.Expr]:
@@ -433,6 +447,9 @@ def tidy_quantity(expression: Any, x: Any, flow: Any, *, names: Sequence[str] | 
         # differentiates and compiles it, so a long formula is left as it is.
         return expression, float(conservation_residual(expression, x, flow, names=names)[0])
     current = _normalised(expression, symbols)
+    if sympy.count_ops(current) > 2 * TIDY_MAX_OPERATIONS:
+        # Expanding powers of sums can multiply the terms.
+        return expression, float(conservation_residual(expression, x, flow, names=names)[0])
     residual = float(conservation_residual(current, x, flow, names=names)[0])
     allowed = max(RESIDUAL_SLACK * residual, RESIDUAL_FLOOR)
     kept: set[sympy.Float] = set()
@@ -457,10 +474,13 @@ def tidy_quantity(expression: Any, x: Any, flow: Any, *, names: Sequence[str] | 
 
 
 def _candidate_terms(expression: sympy.Expr, symbols: list[sympy.Symbol], x: torch.Tensor) -> list[sympy.Expr]:
-    """Return the terms of ``expression`` with unit coefficients, powers 1 to 4 of every variable, and logarithms of positive ones."""
+    """Return the terms of ``expression`` with unit coefficients, also with their inner numbers snapped, powers 1 to 4 of every variable, and logarithms of positive ones."""
     terms = set()
     for term in _variable_terms(expression):
         terms.add(term)
+        # The same term with the numbers inside snapped: cos(0.9993*q) also offers cos(q).
+        inner = {number: _snap_candidates(float(number)) for number in term.atoms(sympy.Float)}
+        terms.add(term.xreplace({number: options[0] for number, options in inner.items() if options}))
     for index, symbol in enumerate(symbols):
         terms.update(symbol**power for power in range(1, MAX_POWER + 1))
         if bool((x[:, index] > 0).all()):
@@ -578,7 +598,7 @@ def _combine(formulas: list[sympy.Expr], residuals: list[float], x: torch.Tensor
                 break
 
 
-def _check_options(n_state: int, n_quantities: Any, width: Any, steps: Any, test_fraction: Any, independence: Any) -> list:
+def _check_options(n_state: int, n_quantities: Any, width: Any, steps: Any, k: Any, test_fraction: Any, independence: Any) -> list:
     if not is_integer(n_quantities) or not 1 <= n_quantities < n_state:
         raise invalid_parameter("n_quantities", f"an integer from 1 to {n_state - 1} (fewer than the {n_state} state variables)", n_quantities)
     width = [n_state, 1] if width is None else list(width)
@@ -586,6 +606,8 @@ def _check_options(n_state: int, n_quantities: Any, width: Any, steps: Any, test
         raise invalid_parameter("width", f"a list from {n_state} inputs (the state variables) to 1 output (one quantity)", width)
     if not is_integer(steps) or steps < 1:
         raise invalid_parameter("steps", "an integer >= 1", steps)
+    if not is_integer(k) or k < 1:
+        raise invalid_parameter("k", "an integer >= 1 (splines of degree 0 have no gradient)", k)
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0.0 <= test_fraction < 0.9:
         raise invalid_parameter("test_fraction", "a number in [0, 0.9)", test_fraction)
     if isinstance(independence, bool) or not isinstance(independence, (int, float)) or not independence >= 0:
@@ -664,7 +686,8 @@ def find_conserved(
     -----
     ConservationWarning
         When a quantity's residual on the test rows is above ``WARN_RESIDUAL``
-        (1e-2), unless its formula's residual is at most that.
+        (1e-2), unless its formula's residual is at most that, and when a
+        formula's residual is above it, or the formula is a constant.
 
     Examples
     --------
@@ -675,11 +698,11 @@ def find_conserved(
     >>> q, p = torch.rand(2, 1000, dtype=torch.float64) * 4 - 2
     >>> found = find_conserved(torch.stack([q, p], 1), torch.stack([p, -torch.sin(q)], 1), names=["q", "p"], progress=False)
     >>> found.formulas
-    [-p**2/2 + cos(q)]
+    [p**2/2 - cos(q)]
     """
     x, flow = _check_pair(x, flow)
     n_state = x.shape[1]
-    width = _check_options(n_state, n_quantities, width, steps, test_fraction, independence)
+    width = _check_options(n_state, n_quantities, width, steps, k, test_fraction, independence)
     symbols = _symbols(names, n_state)
     names = [symbol.name for symbol in symbols]
     unit_flow, moving = _unit_flow(flow)
@@ -733,12 +756,22 @@ def find_conserved(
             formula_residual.append(value)
         _combine(formulas, formula_residual, x, flow, names)
     for index, value in enumerate(residual):
-        # A formula that is conserved better than its network (a sum of terms refitted exactly) settles the question.
         formula_value = formula_residual[index] if formula_residual is not None else math.nan
+        constant = formulas is not None and not formulas[index].free_symbols
         if value > WARN_RESIDUAL and not formula_value <= WARN_RESIDUAL:
+            # A formula conserved better than its network (a sum of terms refitted exactly) settles the question.
             warnings.warn(
                 f"quantity {index} is conserved only to a residual of {value:.1e} on the test rows (0 is exact, about 0.7 is random); "
                 "try more steps, a larger grid or a width with a hidden layer",
+                ConservationWarning,
+                stacklevel=2,
+            )
+        elif formulas is not None and (constant or not formula_value <= WARN_RESIDUAL):
+            problem = "is a constant" if constant else f"is conserved only to a residual of {formula_value:.1e}"
+            warnings.warn(
+                f"the formula of quantity {index}, {str(formulas[index])[:80]}, {problem}, against {value:.1e} for its network; "
+                f"no library function, or sum of powers and logarithms, matched the network's edges. Use found.models[{index}] "
+                "or a larger lib",
                 ConservationWarning,
                 stacklevel=2,
             )

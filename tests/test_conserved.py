@@ -167,6 +167,8 @@ def test_formula_too_deep_for_numpy_is_reported():
         (dict(test_fraction=0.95), InvalidParameterError, "test_fraction"),
         (dict(independence=-1.0), InvalidParameterError, "independence"),
         (dict(names=["q", "q"]), InvalidParameterError, "names"),
+        (dict(names=[1, 2]), InvalidParameterError, "names"),
+        (dict(k=0), InvalidParameterError, "splines of degree 0 have no gradient"),
     ],
 )
 def test_bad_input_is_named(arguments, error, match):
@@ -223,3 +225,29 @@ def test_noisy_flow_gets_no_extra_terms():
     # An exact refit would fit the noise with tiny extra terms; those are dropped.
     assert _same(found.formulas[0], p**2 / 2 - sympy.cos(q))
     assert 1e-6 < found.formula_residual[0] < 1e-2
+
+
+def test_is_conserved_matches_symbols_by_name():
+    plain_q, plain_p = sympy.symbols("q p")
+    # The formulas of find_conserved use real symbols; a flow in plain symbols still applies.
+    assert not is_conserved(p**2 + q**2, [plain_q, plain_p], [plain_p, -sympy.sin(plain_q)])
+    assert is_conserved(p**2 / 2 - sympy.cos(q), [plain_q, plain_p], [plain_p, -sympy.sin(plain_q)])
+    # E, I, S and N name variables here, not sympy's constants.
+    assert is_conserved("S + I + R", ["S", "I", "R"], ["-b*S*I", "b*S*I - g*I", "g*I"])
+    x = _states(2, n_rows=100)
+    rotation = torch.stack([x[:, 1], -x[:, 0]], dim=1)
+    assert float(conservation_residual("E**2 + I**2", x, rotation, names=["E", "I"])[0]) < 1e-14
+
+
+def test_constant_quantity_has_nan_residual():
+    x = _states(2, n_rows=100)
+    assert math.isnan(float(conservation_residual(lambda v: torch.ones(v.shape[0], dtype=v.dtype), x, _oscillator(x))[0]))
+
+
+def test_constant_formula_warns():
+    x = _states(2, n_rows=800, low=-3.0, high=3.0)
+    # With only the zero function to snap to, the formula is a constant.
+    with pytest.warns(ConservationWarning, match=r"the formula of quantity 0, [-\d.e]+, is a constant, against"):
+        found = find_conserved(x, _pendulum(x), names=["q", "p"], lib=["0"], progress=False)
+    assert not found.formulas[0].free_symbols
+    assert found.residual[0] < 1e-2
