@@ -191,7 +191,7 @@ def _objective(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier
     return along / scale
 
 
-def _additive_start(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float) -> bool:
+def _additive_start(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float, rank: int = 0) -> bool:
     """Set a one-layer, one-output network to the best additive quantity; return whether it applied.
 
     For ``H = sum_i sum_m c_im B_m(x_i)`` the objective of :func:`_objective`
@@ -200,6 +200,9 @@ def _additive_start(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, ea
     the basis derivatives alone. Its minimum is the eigenvector of the
     smallest eigenvalue of ``A c = lambda M c``, found exactly, so the
     training starts at the global optimum of the splines on this grid.
+    ``rank`` picks the eigenvector of the ``rank``-th smallest eigenvalue
+    instead. These are ``M``-orthogonal, so the first few span several
+    independent quantities at once.
     """
     if len(model.layers) != 1 or model.layers[0].operands or model.n_outputs != 1:
         return False
@@ -230,7 +233,7 @@ def _additive_start(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, ea
         return False
     whitening = directions[:, keep] / scales[keep].sqrt()
     _, vectors = torch.linalg.eigh(whitening.T @ along @ whitening)
-    coefficients = (whitening @ vectors[:, 0]).reshape(n_state, n_basis)
+    coefficients = (whitening @ vectors[:, min(rank, vectors.shape[1] - 1)]).reshape(n_state, n_basis)
     coefficients = coefficients / coefficients.abs().max()
     with torch.no_grad():
         layer.coef.copy_(coefficients.unsqueeze(1).to(layer.coef))
@@ -635,11 +638,14 @@ def find_conserved(
     """Learn ``n_quantities`` independent functions of the state that the flow keeps constant.
 
     The quantities are learned one after another, each by its own network.
-    From the second on, the objective also contains the squared cosine
-    between the new gradient and each earlier one, weighted by
-    ``independence``, so a new quantity is not a function of the earlier
-    ones. This prefers quantities whose gradients are perpendicular, such
-    as the energies of two uncoupled oscillators.
+    An additive network (the default width) starts at the eigenvector of
+    the next smallest eigenvalue of the exact quotient (see
+    :func:`_additive_start`); these are independent, and formulas that mix
+    several quantities are separated by subtracting one another. For other
+    widths, the objective from the second quantity on also contains the
+    squared cosine between the new gradient and each earlier one, weighted
+    by ``independence``, so a new quantity is not a function of the
+    earlier ones.
 
     Parameters
     ----------
@@ -663,7 +669,7 @@ def find_conserved(
         placed on the data once, before training: a grid update refits the
         splines' values, not their slopes, which this objective depends on.
     independence : float
-        Weight of the independence term.
+        Weight of the independence term (widths other than the default).
     names : sequence of str, optional
         Names of the state variables in the formulas; ``x_1, x_2, ...`` by default.
     symbolic : bool
@@ -729,8 +735,13 @@ def find_conserved(
                 width, grid=grid, k=k, seed=seed + index, dtype=torch.float64, input_names=names, grid_range=(float(low.min()), float(high.max()))
             )
             model.update_grid(x_train)
-            _additive_start(model, x_train, flow_train, earlier, independence)
-            history["objective"].append(_train_one(model, x_train, flow_train, earlier, independence, steps, bar))
+            # An additive network takes the index-th eigenvector without the penalty: the
+            # penalty cannot keep a new quantity pointwise perpendicular to a mix of
+            # earlier ones, while the eigenvectors are independent, and _combine
+            # separates their mixes afterwards.
+            additive = _additive_start(model, x_train, flow_train, [], independence, rank=index)
+            penalised = [] if additive else earlier
+            history["objective"].append(_train_one(model, x_train, flow_train, penalised, independence, steps, bar))
             models.append(model)
             with torch.enable_grad():
                 _, gradients = _gradients(model, x_train, create_graph=False)

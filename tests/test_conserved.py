@@ -251,3 +251,14 @@ def test_constant_formula_warns():
         found = find_conserved(x, _pendulum(x), names=["q", "p"], lib=["0"], progress=False)
     assert not found.formulas[0].free_symbols
     assert found.residual[0] < 1e-2
+
+
+def test_three_oscillators_give_three_energies():
+    x = _states(6, n_rows=1500)
+    flow = torch.cat([_oscillator(x[:, 0:2]), _oscillator(x[:, 2:4], omega=2.0), _oscillator(x[:, 4:6], omega=3.0)], dim=1)
+    names = ["q1", "p1", "q2", "p2", "q3", "p3"]
+    found = find_conserved(x, flow, n_quantities=3, names=names, progress=False)
+    q3, p3 = sympy.symbols("q3 p3", real=True)
+    expected = [q1**2 + p1**2, q2**2 + p2**2 / 4, q3**2 + p3**2 / 9]
+    assert sorted(map(str, found.formulas)) == sorted(map(str, expected))
+    assert max(found.formula_residual) < 1e-12
