@@ -10,7 +10,7 @@ checked on the data.
 
 The objective, ``mean((grad H . f)^2) / mean(|grad H|^2)`` with ``f`` of
 unit length, is free of units. Dividing by the mean squared gradient keeps a
-constant ``H``, which is conserved but says nothing, from winning. Later
+constant ``H``, which is conserved but carries no information, from winning. Later
 quantities add the same quotient for the gradients of earlier ones, weighted
 by ``independence``, so ``H_2 = 2 H_1`` is no second law. For additive
 networks and for sums of candidate terms the objective is a Rayleigh
@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .errors import InvalidDataError, MultKANWarning, SymbolicError, invalid_parameter, is_integer
 from .lbfgs import FlatLBFGS
 from .model import MultKAN
-from .train import _FlatParameters
+from .train import _FlatParameters, _snapshot
 
 __all__ = ["ConservedQuantities", "ConservationWarning", "conservation_residual", "find_conserved", "is_conserved", "tidy_quantity"]
 
@@ -254,7 +254,7 @@ def _train_one(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier
         return loss
 
     losses: list[float] = []
-    last_finite = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    last_finite = _snapshot(model)
     try:
         for step in range(steps):
             loss = float(optimizer.step(closure).detach())
@@ -266,7 +266,7 @@ def _train_one(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier
                     stacklevel=3,
                 )
                 break
-            last_finite = {name: value.detach().clone() for name, value in model.state_dict().items()}
+            last_finite = _snapshot(model)
             converged = bool(losses) and abs(losses[-1] - loss) <= CONVERGED_CHANGE * max(losses[-1], torch.finfo(x.dtype).tiny)
             losses.append(loss)
             bar.update(1)
@@ -357,7 +357,7 @@ def _formula_gradient(expression: Any, symbols: list[sympy.Symbol], columns: lis
         raise invalid_parameter("quantity", f"an expression in the variables {[s.name for s in symbols]}", f"an expression with {unknown}")
     rows = []
     for symbol in symbols:
-        # The derivative of abs or sign holds DiracDelta terms, zero except on a set of measure zero.
+        # The derivative of abs or sign contains DiracDelta terms, which are zero except on a set of measure zero.
         slope = sympy.diff(expression, symbol).replace(sympy.DiracDelta, lambda *arguments: sympy.S.Zero)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -455,17 +455,17 @@ def tidy_quantity(expression: Any, x: Any, flow: Any, *, names: Sequence[str] | 
         return expression, float(conservation_residual(expression, x, flow, names=names)[0])
     residual = float(conservation_residual(current, x, flow, names=names)[0])
     allowed = max(RESIDUAL_SLACK * residual, RESIDUAL_FLOOR)
-    kept: set[sympy.Float] = set()
+    tried: set[sympy.Float] = set()
     while True:
         # Snapping one number can rewrite the expression (sin(q + 5*pi/2)
         # becomes cos(q)), so the numbers are listed again after each one.
-        numbers = [atom for atom in current.atoms(sympy.Float) if atom not in kept]
+        numbers = [atom for atom in current.atoms(sympy.Float) if atom not in tried]
         if not numbers:
             # The sign that makes the first printed term positive: p**2/2 - cos(q), not cos(q) - p**2/2.
             leading = current.as_ordered_terms()[0] if isinstance(current, sympy.Add) else current
             return (-current if leading.could_extract_minus_sign() else current), residual
         number = max(numbers, key=lambda atom: (abs(float(atom)), str(atom)))
-        kept.add(number)
+        tried.add(number)
         for candidate in _snap_candidates(float(number)):
             trial = current.xreplace({number: candidate})
             if not trial.free_symbols & set(symbols):
@@ -574,11 +574,12 @@ def _combine(formulas: list[sympy.Expr], residuals: list[float], x: torch.Tensor
 
     Any combination of conserved quantities is conserved, so a formula may
     mix others in: ``q1**2 + p1**2 + (q2**2 + p2**2/4)/100`` next to
-    ``q2**2 + p2**2/4``. For every term that two formulas share, the
-    multiple of one that cancels the term is subtracted from the other,
-    and the tidied result is kept when it has fewer terms and its residual
-    stays within ``RESIDUAL_SLACK`` times the larger of the two residuals.
-    Each kept change removes a term, so the loop ends.
+    ``q2**2 + p2**2/4``. For every term that two formulas share, the second
+    formula is scaled so that its term cancels the first formula's, and it
+    is subtracted from the first. The tidied result replaces the first
+    formula when it has fewer terms and its residual stays within
+    ``RESIDUAL_SLACK`` times the larger of the two residuals. Each
+    replacement removes a term, so the loop ends.
     """
     changed = True
     while changed:

@@ -281,7 +281,8 @@ def test_unfix_missing_edge_message():
     # The message lists the edges that exist, and each of them can be unfixed.
     listed = str(error.value).split("Edges of layer 0: ")[1]
     edges = [tuple(int(v) for v in item.split(", ")) for item in listed.strip("()").split("), (")]
-    assert (0, 0, 0) not in edges and edges
+    assert edges
+    assert (0, 0, 0) not in edges
     for edge in edges:
         model.unfix_symbolic(edge)
     with pytest.raises(SymbolicError, match="it cannot be made symbolic"):

@@ -151,10 +151,10 @@ def _set_edge_function(model: MultKAN, edge: EdgeId, name: str | None, params=No
             for j, sub in enumerate(structure[edge.layer + 1].subnodes)
             if model.graph.has_edge(node, sub)
         ]
-        shown = ", ".join(map(str, present[:EDGES_LISTED])) + (", ..." if len(present) > EDGES_LISTED else "")
+        listing = ", ".join(map(str, present[:EDGES_LISTED])) + (", ..." if len(present) > EDGES_LISTED else "")
         raise SymbolicError(
             f"edge {tuple(edge)} is not in the graph (pruned, or never created, as in a compiled formula); it cannot be {action}. "
-            f"Edges of layer {edge.layer}: {shown or 'none'}"
+            f"Edges of layer {edge.layer}: {listing or 'none'}"
         )
     if name is None:
         layer.set_symbolic(edge.source, edge.target, None)
