@@ -71,6 +71,9 @@ RESIDUAL_SLACK = 2.0
 RESIDUAL_FLOOR = 1e-6
 # A quantity whose residual on the test rows exceeds this is reported with a warning.
 WARN_RESIDUAL = 1e-2
+# A quantity whose spread over the states is below this share of its spread
+# over the states with their columns shuffled is constant on the data.
+LEVEL_SET_RATIO = 0.05
 
 
 class ConservationWarning(MultKANWarning):
@@ -602,6 +605,19 @@ def _combine(formulas: list[sympy.Expr], residuals: list[float], x: torch.Tensor
                 break
 
 
+def _level_set_ratio(model: MultKAN, x: torch.Tensor, generator: torch.Generator) -> float:
+    """Return the quantity's spread over ``x`` divided by its spread over ``x`` with each column shuffled.
+
+    The shuffled rows keep each variable's range but break the relations
+    between them. Near 0 the states lie on one level set of the quantity,
+    as the states of a single trajectory do for every quantity it conserves.
+    """
+    shuffled = torch.stack([column[torch.randperm(x.shape[0], generator=generator)] for column in x.T], dim=1)
+    with torch.no_grad():
+        on_data, off_data = model(x)[:, 0].std(), model(shuffled)[:, 0].std()
+    return float(on_data / off_data) if off_data > 0 else math.nan
+
+
 def _check_options(n_state: int, n_quantities: Any, width: Any, steps: Any, k: Any, test_fraction: Any, independence: Any) -> list:
     if not is_integer(n_quantities) or not 1 <= n_quantities < n_state:
         raise invalid_parameter("n_quantities", f"an integer from 1 to {n_state - 1} (fewer than the {n_state} state variables)", n_quantities)
@@ -694,7 +710,12 @@ def find_conserved(
     ConservationWarning
         When a quantity's residual on the test rows is above ``WARN_RESIDUAL``
         (1e-2), unless its formula's residual is at most that, and when a
-        formula's residual is above it, or the formula is a constant.
+        formula's residual is above it, or the formula is a constant. Also
+        when the states lie on one level set of a quantity (its spread over
+        the states is below ``LEVEL_SET_RATIO`` of its spread over the
+        states with their columns shuffled), as on a single trajectory:
+        every function constant along the trajectory then fits the data,
+        and several trajectories with different values are needed.
 
     Examples
     --------
@@ -767,6 +788,16 @@ def find_conserved(
             formulas.append(tidy)
             formula_residual.append(value)
         _combine(formulas, formula_residual, x, flow, names)
+    for index, model in enumerate(models):
+        ratio = _level_set_ratio(model, x, generator)
+        if ratio < LEVEL_SET_RATIO:
+            warnings.warn(
+                f"the states lie on one level set of quantity {index}: its spread over them is {ratio:.1e} of its spread over "
+                "the same variables' ranges, so the data fix it only up to any function that is constant on them. "
+                "This happens with a single trajectory; pass states from several trajectories with different values of the quantity",
+                ConservationWarning,
+                stacklevel=2,
+            )
     for index, value in enumerate(residual):
         formula_value = formula_residual[index] if formula_residual is not None else math.nan
         constant = formulas is not None and not formulas[index].free_symbols

@@ -262,3 +262,21 @@ def test_three_oscillators_give_three_energies():
     expected = [q1**2 + p1**2, q2**2 + p2**2 / 4, q3**2 + p3**2 / 9]
     assert sorted(map(str, found.formulas)) == sorted(map(str, expected))
     assert max(found.formula_residual) < 1e-12
+
+
+def test_single_trajectory_level_set_warning():
+    # One circle of the oscillator: every quantity is constant on it.
+    angle = torch.linspace(0, 2 * math.pi, 400, dtype=torch.float64)[:-1]
+    x = torch.stack([1.5 * torch.cos(angle), -1.5 * torch.sin(angle)], dim=1)
+    with pytest.warns(ConservationWarning, match="one level set of quantity 0") as record:
+        find_conserved(x, _oscillator(x), names=["q", "p"], progress=False, symbolic=False)
+    ratio = float(str(record[0].message).split("spread over them is ")[1].split(" ")[0])
+    assert ratio < 1e-2
+
+
+def test_several_trajectories_no_level_set_warning():
+    # Five circles of different radii: the energy differs between them.
+    angle = torch.linspace(0, 2 * math.pi, 120, dtype=torch.float64)[:-1]
+    x = torch.cat([torch.stack([r * torch.cos(angle), -r * torch.sin(angle)], dim=1) for r in (0.5, 0.9, 1.3, 1.7, 2.1)])
+    found = find_conserved(x, _oscillator(x), names=["q", "p"], progress=False)
+    assert _same(found.formulas[0], q**2 + p**2)
