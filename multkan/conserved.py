@@ -23,6 +23,7 @@ formula against a symbolic flow exactly.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -45,7 +46,7 @@ __all__ = ["ConservedQuantities", "ConservationWarning", "conservation_residual"
 # are equilibria. Every quantity is conserved there, so they are left out.
 EQUILIBRIUM_FRACTION = 1e-9
 # Directions of the spline coefficients whose mean squared gradient is
-# below this fraction of the largest are constants, left out of the additive start.
+# below this fraction of the largest are constants, left out of the eigenvector start.
 METRIC_CUTOFF = 1e-10
 # Training stops when a step changes the objective by less than this fraction.
 CONVERGED_CHANGE = 1e-9
@@ -69,6 +70,11 @@ MIN_TERM_SHARE = 1e-3
 TIDY_MAX_OPERATIONS = 40
 RESIDUAL_SLACK = 2.0
 RESIDUAL_FLOOR = 1e-6
+# The width of find_conserved that feeds every variable and every product of two into one spline each.
+PAIRS = "pairs"
+# Monomials of the state variables offered to a pairs formula's refit: up to
+# MAX_POWER in total degree, or up to 2 where that would be more than MAX_MONOMIALS.
+MAX_MONOMIALS = 500
 # A quantity whose residual on the test rows exceeds this is reported with a warning.
 WARN_RESIDUAL = 1e-2
 # A quantity whose spread over the states is below this share of its spread
@@ -183,7 +189,7 @@ def _objective(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier
     ``independence`` times the same quotient for every earlier unit
     gradient. Dividing by the mean squared gradient, not row by row, makes
     the objective a Rayleigh quotient in the spline coefficients of an
-    additive network (see :func:`_additive_start`).
+    additive network (see :func:`_eigen_start`).
     """
     _, gradients = _gradients(model, x, create_graph=True)
     gradient = gradients[0]
@@ -194,54 +200,103 @@ def _objective(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier
     return along / scale
 
 
-def _additive_start(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float, rank: int = 0) -> bool:
-    """Set a one-layer, one-output network to the best additive quantity; return whether it applied.
+def _pairs_model(n_state: int, *, grid: int, k: int, seed: int, names: list[str], grid_range: tuple[float, float]) -> MultKAN:
+    """Return ``[n_state, [n_state, n_pairs], 1]`` whose fixed first layer passes on every variable and every product of two.
 
-    For ``H = sum_i sum_m c_im B_m(x_i)`` the objective of :func:`_objective`
-    is ``c^T A c / c^T M c``, with ``A`` from the products of the basis
-    derivatives with the flow (and the earlier gradients) and ``M`` from
-    the basis derivatives alone. Its minimum is the eigenvector of the
+    The first layer's edges are the identity ``x`` (symbolic, frozen) from
+    variable ``i`` to sum node ``i`` and from variables ``a`` and ``b`` to the
+    two operands of the mult node of pair ``(a, b)``; all other edges are
+    off. The last layer contains one trainable spline per hidden node, so
+    ``H = sum_i f_i(x_i) + sum_{a<b} g_ab(x_a x_b)``: an angular momentum
+    ``x*p_y - y*p_x`` is linear in two of those products.
+    """
+    pairs = list(itertools.combinations(range(n_state), 2))
+    model = MultKAN(
+        [n_state, [n_state, len(pairs)], 1], grid=grid, k=k, seed=seed, dtype=torch.float64, input_names=names, grid_range=grid_range
+    )
+    layer = model.layers[0]
+    active = {(i, i) for i in range(n_state)}
+    for (a, b), (first, second) in zip(pairs, layer.operands):
+        active |= {(a, first), (b, second)}
+    for source in range(n_state):
+        for target in range(layer.n_sub):
+            if (source, target) in active:
+                model.fix_symbolic((0, source, target), "x", fit_params=False)
+            else:
+                layer.set_zero(source, target)
+    for parameter in layer.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def _eigen_start(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float, rank: int = 0) -> bool:
+    """Set the last layer of a network to the best quantity for its fixed front; return whether it applied.
+
+    It applies when the last layer has one output and no mult nodes and
+    every layer before it is fixed: no spline edge and no trainable
+    parameter (one-layer networks, and :func:`_pairs_model`). Then ``H =
+    sum_h sum_m c_hm B_m(z_h)`` over the hidden values ``z`` and, with the
+    gradients ``dz_h/dx`` of the front, the objective of :func:`_objective`
+    is ``c^T A c / c^T M c``. ``A`` comes from the products of
+    ``B_m'(z_h) grad z_h`` with the flow (and the earlier gradients), ``M``
+    from their inner products. Its minimum is the eigenvector of the
     smallest eigenvalue of ``A c = lambda M c``, found exactly, so the
     training starts at the global optimum of the splines on this grid.
     ``rank`` picks the eigenvector of the ``rank``-th smallest eigenvalue
     instead. These are ``M``-orthogonal, so the first few span several
     independent quantities at once.
     """
-    if len(model.layers) != 1 or model.layers[0].operands or model.n_outputs != 1:
+    *front, last = model.layers
+    if last.operands or model.n_outputs != 1:
         return False
-    layer = model.layers[0]
+    if any(bool(layer.spline_mask.any()) or any(parameter.requires_grad for parameter in layer.parameters()) for layer in front):
+        return False
     rows = x.detach().clone().requires_grad_()
     with torch.enable_grad():
-        basis = layer.basis(rows)
+        hidden = rows
+        for layer in front:
+            hidden = layer(hidden)
+        n_hidden = hidden.shape[1]
+        if front:
+            # hidden_slopes[r, h, s] = dz_h / dx_s at row r.
+            hidden_slopes = torch.stack(
+                [torch.autograd.grad(hidden[:, h].sum(), rows, retain_graph=h < n_hidden - 1)[0] for h in range(n_hidden)], dim=1
+            )
+        else:
+            hidden_slopes = torch.eye(n_hidden, dtype=x.dtype).expand(x.shape[0], n_hidden, n_hidden)
+        values = hidden.detach().clone().requires_grad_()
+        basis = last.basis(values)
         n_basis = basis.shape[-1]
-        # derivative[r, i, m] = dB_m(x_ri) / dx_ri: each basis value depends on its own input only.
+        # derivative[r, h, m] = dB_m(z_rh) / dz_rh: each basis value depends on its own input only.
         derivative = torch.stack(
-            [torch.autograd.grad(basis[..., m].sum(), rows, retain_graph=m < n_basis - 1)[0] for m in range(n_basis)], dim=-1
+            [torch.autograd.grad(basis[..., m].sum(), values, retain_graph=m < n_basis - 1)[0] for m in range(n_basis)], dim=-1
         ).detach()
     n_rows, n_state = x.shape
+    # features[r, s, (h, m)] = dB_m(z_rh)/dz * dz_h/dx_s: the gradient of H is features @ c.
+    features = torch.einsum("rhm,rhs->rshm", derivative, hidden_slopes.detach()).reshape(n_rows, n_state, n_hidden * n_basis)
 
     def products(direction: torch.Tensor) -> torch.Tensor:
-        features = (derivative * direction.unsqueeze(-1)).reshape(n_rows, n_state * n_basis)
-        return features.T @ features / n_rows
+        along_rows = torch.einsum("rsf,rs->rf", features, direction)
+        return along_rows.T @ along_rows / n_rows
 
     along = products(unit_flow)
     for other in earlier if independence > 0 else ():
         along = along + independence * products(other)
-    blocks = torch.einsum("rim,rin->imn", derivative, derivative) / n_rows
+    metric = torch.einsum("rsf,rsg->fg", features, features) / n_rows
     # Functions with no gradient (the constants) span the null space of the
     # metric; the quotient is taken on the rest.
-    scales, directions = torch.linalg.eigh(torch.block_diag(*blocks))
+    scales, directions = torch.linalg.eigh(metric)
     keep = scales > METRIC_CUTOFF * scales.max()
     if not bool(keep.any()):
         return False
     whitening = directions[:, keep] / scales[keep].sqrt()
     _, vectors = torch.linalg.eigh(whitening.T @ along @ whitening)
-    coefficients = (whitening @ vectors[:, min(rank, vectors.shape[1] - 1)]).reshape(n_state, n_basis)
+    coefficients = (whitening @ vectors[:, min(rank, vectors.shape[1] - 1)]).reshape(n_hidden, n_basis)
     coefficients = coefficients / coefficients.abs().max()
     with torch.no_grad():
-        layer.coef.copy_(coefficients.unsqueeze(1).to(layer.coef))
-        layer.scale_sp.fill_(1.0)
-        layer.scale_base.zero_()
+        last.coef.copy_(coefficients.unsqueeze(1).to(last.coef))
+        last.scale_sp.fill_(1.0)
+        last.scale_base.zero_()
     return True
 
 
@@ -479,10 +534,26 @@ def tidy_quantity(expression: Any, x: Any, flow: Any, *, names: Sequence[str] | 
                 break
 
 
-def _candidate_terms(expression: sympy.Expr, symbols: list[sympy.Symbol], x: torch.Tensor) -> list[sympy.Expr]:
-    """Return the terms of ``expression`` with unit coefficients, also with their inner numbers snapped, powers 1 to 4 of every variable, and logarithms of positive ones."""
-    terms = set()
-    for term in _variable_terms(expression):
+def _monomials(symbols: list[sympy.Symbol]) -> set[sympy.Expr]:
+    """Return the monomials of total degree 2 to ``MAX_POWER`` in ``symbols``, or only degree 2 where those would exceed ``MAX_MONOMIALS``."""
+    for degree in range(MAX_POWER, 1, -1):
+        if math.comb(len(symbols) + degree, degree) <= MAX_MONOMIALS or degree == 2:
+            return {term for term in sympy.itermonomials(symbols, degree) if sympy.Poly(term, *symbols).total_degree() >= 2}
+    return set()
+
+
+def _candidate_terms(expression: sympy.Expr, symbols: list[sympy.Symbol], x: torch.Tensor, monomials: bool = False) -> list[sympy.Expr]:
+    """Return the candidate terms of a formula's refit, each with a unit coefficient.
+
+    These are the terms of ``expression`` (unless it has more than
+    ``TIDY_MAX_OPERATIONS`` operations), also with their inner numbers
+    snapped, powers 1 to ``MAX_POWER`` of every variable, logarithms of
+    positive ones and, with ``monomials``, the products of variables from
+    :func:`_monomials`.
+    """
+    terms = set(_monomials(symbols)) if monomials else set()
+    own = _variable_terms(expression) if sympy.count_ops(expression) <= TIDY_MAX_OPERATIONS else {}
+    for term in own:
         terms.add(term)
         # The same term with the numbers inside snapped: cos(0.9993*q) also offers cos(q).
         inner = {number: _snap_candidates(float(number)) for number in term.atoms(sympy.Float)}
@@ -494,8 +565,60 @@ def _candidate_terms(expression: sympy.Expr, symbols: list[sympy.Symbol], x: tor
     return sorted(terms, key=sympy.default_sort_key)
 
 
+def _drop_small_terms(expression: sympy.Expr, residual: float, x: torch.Tensor, flow: torch.Tensor, names: list[str]) -> tuple[sympy.Expr, float]:
+    """Return ``expression`` without its top-level terms whose gradient is below ``MIN_TERM_SHARE`` of the largest, and the residual.
+
+    A snapped network carries terms of size 1e-13 next to the law (edges
+    that the training left near zero). The terms are taken as they stand,
+    without expanding. The shorter formula is returned when its residual
+    stays within ``RESIDUAL_SLACK`` times ``residual`` (or below
+    ``RESIDUAL_FLOOR``), else ``expression``.
+    """
+    terms = [term for term in sympy.Add.make_args(expression) if term.free_symbols]
+    if len(terms) < 2:
+        return expression, residual
+    try:
+        gradients = _formula_gradients(terms, x, names)
+    except SymbolicError:
+        return expression, residual
+    sizes = gradients.square().sum(-1).mean(-1).sqrt()
+    if not bool(torch.isfinite(sizes).all()):
+        return expression, residual
+    kept = [term for term, size in zip(terms, sizes) if size >= MIN_TERM_SHARE * sizes.max()]
+    if len(kept) == len(terms):
+        return expression, residual
+    shorter = sympy.Add(*kept)
+    shorter_residual = float(conservation_residual(shorter, x, flow, names=names)[0])
+    if shorter_residual <= max(RESIDUAL_SLACK * residual, RESIDUAL_FLOOR):
+        return shorter, shorter_residual
+    return expression, residual
+
+
+def _exclusion_vectors(formulas: list[sympy.Expr], terms: list[sympy.Expr]) -> list[torch.Tensor]:
+    """Return the coefficient vectors over ``terms`` of the given formulas and their squares, where the terms express them."""
+    position = {term: index for index, term in enumerate(terms)}
+    vectors = []
+    for formula in formulas:
+        for power in (1, 2):
+            parts = _variable_terms(formula**power)
+            if parts and all(term in position for term in parts):
+                vector = torch.zeros(len(terms), dtype=torch.float64)
+                for term, coefficient in parts.items():
+                    vector[position[term]] = float(coefficient)
+                vectors.append(vector)
+    return vectors
+
+
 def _refit_terms(
-    expression: sympy.Expr, residual: float, symbols: list[sympy.Symbol], x: torch.Tensor, flow: torch.Tensor, earlier: list[torch.Tensor], independence: float
+    expression: sympy.Expr,
+    residual: float,
+    symbols: list[sympy.Symbol],
+    x: torch.Tensor,
+    flow: torch.Tensor,
+    earlier: list[torch.Tensor],
+    independence: float,
+    monomials: bool = False,
+    exclude: Sequence[sympy.Expr] = (),
 ) -> tuple[sympy.Expr, float]:
     """Return a sparse sum of candidate terms that is conserved better than ``expression``, or ``expression``.
 
@@ -511,10 +634,17 @@ def _refit_terms(
     ``expression`` when its tidied residual is below half of ``residual``,
     or no worse with fewer terms. ``earlier`` contains the unit gradients of
     earlier quantities at the rows ``x`` (where the flow is non-zero), weighted by ``independence``.
+    With ``monomials`` (networks of :func:`_pairs_model`), products of
+    variables are candidates too, and a formula too long for its own terms
+    is refitted from the other candidates. The coefficients are then kept
+    ``M``-orthogonal to the formulas in ``exclude`` and their squares (where
+    the candidates express them), so the refit does not return an earlier
+    quantity or a function of one. ``M`` is the metric of the quotient.
     """
-    if not math.isfinite(residual) or residual <= RESIDUAL_FLOOR or sympy.count_ops(expression) > TIDY_MAX_OPERATIONS:
+    long = sympy.count_ops(expression) > TIDY_MAX_OPERATIONS
+    if not math.isfinite(residual) or residual <= RESIDUAL_FLOOR or (long and not monomials):
         return expression, residual
-    terms = _candidate_terms(expression, symbols, x)
+    terms = _candidate_terms(expression, symbols, x, monomials)
     unit_flow, moving = _unit_flow(flow)
     rows = x[moving]
     unit_flow = unit_flow[moving]
@@ -528,6 +658,7 @@ def _refit_terms(
         overlap = torch.einsum("krn,rn->kr", gradients, other.to(gradients))
         along = along + independence * overlap @ overlap.T / n_rows
     metric = torch.einsum("krn,jrn->kj", gradients, gradients) / n_rows
+    excluded = _exclusion_vectors(list(exclude), terms) if monomials else []
 
     def solve(active: list[int]) -> tuple[torch.Tensor, float] | None:
         scales, directions = torch.linalg.eigh(metric[active][:, active])
@@ -535,6 +666,14 @@ def _refit_terms(
         if not bool(keep.any()):
             return None
         whitening = directions[:, keep] / scales[keep].sqrt()
+        if excluded:
+            # Restrict to the coefficients c with v^T M c = 0 for every excluded v.
+            constraints = torch.stack([vector[active] for vector in excluded]).to(metric) @ metric[active][:, active] @ whitening
+            _, singular, right = torch.linalg.svd(constraints)
+            rank = int((singular > 1e-9 * singular.max().clamp_min(torch.finfo(metric.dtype).tiny)).sum()) if singular.numel() else 0
+            if rank >= whitening.shape[1]:
+                return None
+            whitening = whitening @ right[rank:].T
         values, vectors = torch.linalg.eigh(whitening.T @ along[active][:, active] @ whitening)
         return whitening @ vectors[:, 0], math.sqrt(max(float(values[0]), 0.0))
 
@@ -562,7 +701,7 @@ def _refit_terms(
         active, (coefficients, _) = trial, solved
     candidate = sympy.Add(*(sympy.Float(float(value)) * terms[term] for term, value in zip(active, coefficients)))
     tidy, tidy_residual = tidy_quantity(candidate, x, flow, names=[symbol.name for symbol in symbols])
-    fewer = len(_variable_terms(tidy)) < len(_variable_terms(expression))
+    fewer = long or len(_variable_terms(tidy)) < len(_variable_terms(expression))
     if tidy_residual < 0.5 * residual or (fewer and tidy_residual <= residual):
         return tidy, tidy_residual
     return expression, residual
@@ -572,7 +711,7 @@ def _variable_terms(expression: sympy.Expr) -> dict[sympy.Expr, sympy.Expr]:
     return {term: coefficient for term, coefficient in sympy.expand(expression).as_coefficients_dict().items() if term.free_symbols}
 
 
-def _combine(formulas: list[sympy.Expr], residuals: list[float], x: torch.Tensor, flow: torch.Tensor, names: list[str]) -> None:
+def _combine(formulas: list[sympy.Expr], residuals: list[float], x: torch.Tensor, flow: torch.Tensor, names: list[str], powers: Sequence[int] = (1,)) -> None:
     """Shorten the formulas in place by subtracting multiples of one another.
 
     Any combination of conserved quantities is conserved, so a formula may
@@ -582,7 +721,9 @@ def _combine(formulas: list[sympy.Expr], residuals: list[float], x: torch.Tensor
     is subtracted from the first. The tidied result replaces the first
     formula when it has fewer terms and its residual stays within
     ``RESIDUAL_SLACK`` times the larger of the two residuals. Each
-    replacement removes a term, so the loop ends.
+    replacement removes a term, so the loop ends. With ``powers`` (1, 2),
+    multiples of the squares of other formulas are subtracted too: the
+    refit of a ``"pairs"`` network can return ``E + c L**2`` next to ``L``.
     """
     changed = True
     while changed:
@@ -590,16 +731,21 @@ def _combine(formulas: list[sympy.Expr], residuals: list[float], x: torch.Tensor
         for first, second in ((a, b) for a in range(len(formulas)) for b in range(len(formulas)) if a != b):
             if not all(math.isfinite(residuals[i]) for i in (first, second)):
                 continue
-            terms, others = _variable_terms(formulas[first]), _variable_terms(formulas[second])
+            terms = _variable_terms(formulas[first])
             allowed = max(RESIDUAL_SLACK * max(residuals[first], residuals[second]), RESIDUAL_FLOOR)
-            for term in sorted(set(terms) & set(others), key=str):
-                candidate = sympy.expand(formulas[first] - terms[term] / others[term] * formulas[second])
-                if not candidate.free_symbols:
-                    continue
-                tidy, residual = tidy_quantity(candidate, x, flow, names=names)
-                if len(_variable_terms(tidy)) < len(terms) and residual <= allowed:
-                    formulas[first], residuals[first] = tidy, residual
-                    changed = True
+            for power in powers:
+                other = formulas[second] ** power
+                others = _variable_terms(other)
+                for term in sorted(set(terms) & set(others), key=str):
+                    candidate = sympy.expand(formulas[first] - terms[term] / others[term] * other)
+                    if not candidate.free_symbols:
+                        continue
+                    tidy, residual = tidy_quantity(candidate, x, flow, names=names)
+                    if len(_variable_terms(tidy)) < len(terms) and residual <= allowed:
+                        formulas[first], residuals[first] = tidy, residual
+                        changed = True
+                        break
+                if changed:
                     break
             if changed:
                 break
@@ -618,12 +764,16 @@ def _level_set_ratio(model: MultKAN, x: torch.Tensor, generator: torch.Generator
     return float(on_data / off_data) if off_data > 0 else math.nan
 
 
-def _check_options(n_state: int, n_quantities: Any, width: Any, steps: Any, k: Any, test_fraction: Any, independence: Any) -> list:
+def _check_options(n_state: int, n_quantities: Any, width: Any, steps: Any, k: Any, test_fraction: Any, independence: Any) -> list | str:
     if not is_integer(n_quantities) or not 1 <= n_quantities < n_state:
         raise invalid_parameter("n_quantities", f"an integer from 1 to {n_state - 1} (fewer than the {n_state} state variables)", n_quantities)
+    if isinstance(width, str):
+        if width != PAIRS:
+            raise invalid_parameter("width", f"{PAIRS!r} or a list from {n_state} inputs (the state variables) to 1 output", width)
+        return width
     width = [n_state, 1] if width is None else list(width)
     if len(width) < 2 or width[0] != n_state or width[-1] != 1:
-        raise invalid_parameter("width", f"a list from {n_state} inputs (the state variables) to 1 output (one quantity)", width)
+        raise invalid_parameter("width", f"{PAIRS!r} or a list from {n_state} inputs (the state variables) to 1 output (one quantity)", width)
     if not is_integer(steps) or steps < 1:
         raise invalid_parameter("steps", "an integer >= 1", steps)
     if not is_integer(k) or k < 1:
@@ -655,10 +805,11 @@ def find_conserved(
     """Learn ``n_quantities`` independent functions of the state that the flow keeps constant.
 
     The quantities are learned one after another, each by its own network.
-    An additive network (the default width) starts at the eigenvector of
-    the next smallest eigenvalue of the exact quotient (see
-    :func:`_additive_start`); these are independent, and formulas that mix
-    several quantities are separated by subtracting one another. For other
+    An additive network (the default width) and the ``"pairs"`` network
+    start at the eigenvector of the next smallest eigenvalue of the exact
+    quotient (see :func:`_eigen_start`). These are independent, and
+    formulas that mix several quantities are separated by subtracting one
+    another. For other
     widths, the objective from the second quantity on also contains the
     squared cosine between the new gradient and each earlier one, weighted
     by ``independence``, so a new quantity is not a function of the
@@ -673,12 +824,15 @@ def find_conserved(
         zero (equilibria) are left out.
     n_quantities : int
         How many quantities to learn, fewer than ``n_state``.
-    width : list, optional
+    width : list or "pairs", optional
         The network of one quantity, from ``n_state`` inputs to 1 output,
         with mult nodes as in :class:`MultKAN`. By default ``[n_state, 1]``:
         a sum of functions of one variable each, as the energy ``p**2/(2m) +
-        V(q)`` is. Products of variables, such as an angular momentum ``x*p_y
-        - y*p_x``, need a hidden layer with mult nodes.
+        V(q)`` is. ``"pairs"`` adds one function of every product of two
+        variables, ``sum_i f_i(x_i) + sum_{a<b} g_ab(x_a x_b)``, which holds
+        an angular momentum ``x*p_y - y*p_x``. Both start at the exact
+        optimum of their splines. Other widths start at random and often
+        stall on a formula that is a function of several quantities.
     grid, k : int
         Spline intervals and degree.
     steps : int
@@ -753,16 +907,18 @@ def find_conserved(
     residual: list[float] = []
     with tqdm(total=steps * n_quantities, desc="find_conserved", disable=not progress, dynamic_ncols=True) as bar:
         for index in range(n_quantities):
-            model = MultKAN(
-                width, grid=grid, k=k, seed=seed + index, dtype=torch.float64, input_names=names, grid_range=(float(low.min()), float(high.max()))
-            )
+            grid_range = (float(low.min()), float(high.max()))
+            if width == PAIRS:
+                model = _pairs_model(n_state, grid=grid, k=k, seed=seed + index, names=names, grid_range=grid_range)
+            else:
+                model = MultKAN(width, grid=grid, k=k, seed=seed + index, dtype=torch.float64, input_names=names, grid_range=grid_range)
             model.update_grid(x_train)
-            # An additive network takes the index-th eigenvector without the penalty: the
-            # penalty cannot keep a new quantity pointwise perpendicular to a mix of
-            # earlier ones, while the eigenvectors are independent, and _combine
+            # A network with an exact start takes the index-th eigenvector without the
+            # penalty: the penalty cannot keep a new quantity pointwise perpendicular to a
+            # mix of earlier ones, while the eigenvectors are independent, and _combine
             # separates their mixes afterwards.
-            additive = _additive_start(model, x_train, flow_train, [], independence, rank=index)
-            penalised = [] if additive else earlier
+            exact_start = _eigen_start(model, x_train, flow_train, [], independence, rank=index)
+            penalised = [] if exact_start else earlier
             history["objective"].append(_train_one(model, x_train, flow_train, penalised, independence, steps, bar))
             models.append(model)
             with torch.enable_grad():
@@ -779,7 +935,12 @@ def find_conserved(
             raw = snapped.symbolic_formula(symbols)[0]
             try:
                 tidy, value = tidy_quantity(raw, x, flow, names=names)
-                refit, _ = _refit_terms(tidy, value, symbols, x[train], flow[train], earlier[:index], independence)
+                if width == PAIRS:
+                    tidy, value = _drop_small_terms(tidy, value, x, flow, names)
+                    tidy, value = tidy_quantity(tidy, x, flow, names=names)
+                    refit, _ = _refit_terms(tidy, value, symbols, x[train], flow[train], [], independence, monomials=True, exclude=formulas[:index])
+                else:
+                    refit, _ = _refit_terms(tidy, value, symbols, x[train], flow[train], earlier[:index], independence)
                 if refit is not tidy:
                     tidy, value = refit, float(conservation_residual(refit, x, flow, names=names)[0])
             except SymbolicError:
@@ -787,7 +948,7 @@ def find_conserved(
             symbolic_models.append(snapped)
             formulas.append(tidy)
             formula_residual.append(value)
-        _combine(formulas, formula_residual, x, flow, names)
+        _combine(formulas, formula_residual, x, flow, names, powers=(1, 2) if width == PAIRS else (1,))
     for index, model in enumerate(models):
         ratio = _level_set_ratio(model, x, generator)
         if ratio < LEVEL_SET_RATIO:

@@ -10,7 +10,8 @@ import torch
 from multkan import InvalidDataError, InvalidParameterError, MultKAN, SymbolicError
 from multkan.conserved import (
     ConservationWarning,
-    _additive_start,
+    _eigen_start,
+    _pairs_model,
     _objective,
     conservation_residual,
     find_conserved,
@@ -67,19 +68,19 @@ def test_two_oscillators_give_two_separate_energies():
     assert len(found.symbolic_models) == 2
 
 
-def test_additive_start_reaches_the_optimum():
+def test_eigen_start_reaches_the_optimum():
     x = _states(2)
     flow = _oscillator(x, omega=1.5)
     unit = flow / flow.norm(dim=1, keepdim=True)
     model = MultKAN([2, 1], grid=5, k=3, dtype=torch.float64)
     model.update_grid(x)
     before = float(_objective(model, x, unit, [], 1.0).detach())
-    assert _additive_start(model, x, unit, [], 1.0)
+    assert _eigen_start(model, x, unit, [], 1.0)
     after = float(_objective(model, x, unit, [], 1.0).detach())
     # q**2 + p**2 / 2.25 lies outside the cubic splines only by their approximation error.
     assert before > 1e-2
     assert after < 1e-8
-    assert not _additive_start(MultKAN([2, [0, 1], 1], dtype=torch.float64), x, unit, [], 1.0)
+    assert not _eigen_start(MultKAN([2, [0, 1], 1], dtype=torch.float64), x, unit, [], 1.0)
 
 
 def test_equilibria_are_left_out():
@@ -280,3 +281,44 @@ def test_several_trajectories_no_level_set_warning():
     x = torch.cat([torch.stack([r * torch.cos(angle), -r * torch.sin(angle)], dim=1) for r in (0.5, 0.9, 1.3, 1.7, 2.1)])
     found = find_conserved(x, _oscillator(x), names=["q", "p"], progress=False)
     assert _same(found.formulas[0], q**2 + p**2)
+
+
+def _quartic_central_force(seed):
+    # H = (px**2 + py**2)/2 + (x**2 + y**2)**2 conserves the energy and L = x*py - y*px.
+    generator = torch.Generator().manual_seed(seed)
+    state = torch.rand(1500, 4, generator=generator, dtype=torch.float64) * 2 - 1
+    x, y, px, py = state.T
+    radius_squared = x**2 + y**2
+    return state, torch.stack([px, py, -4 * radius_squared * x, -4 * radius_squared * y], dim=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pairs_width_momentum_and_energy(seed):
+    state, flow = _quartic_central_force(seed)
+    found = find_conserved(state, flow, n_quantities=2, width="pairs", names=["x", "y", "px", "py"], progress=False, seed=seed)
+    x, y, px, py = sympy.symbols("x y px py", real=True)
+    momentum, energy = found.formulas
+    assert _same(momentum, px * y - py * x) or _same(momentum, py * x - px * y)
+    assert _same(energy, px**2 / 4 + py**2 / 4 + (x**2 + y**2) ** 2 / 2)
+    assert is_conserved(momentum, [x, y, px, py], [px, py, -4 * (x**2 + y**2) * x, -4 * (x**2 + y**2) * y])
+
+
+def test_pairs_start_exact_momentum():
+    state, flow = _quartic_central_force(0)
+    unit = flow / flow.norm(dim=1, keepdim=True)
+    model = _pairs_model(4, grid=5, k=3, seed=0, names=["x", "y", "px", "py"], grid_range=(-1.0, 1.0))
+    model.update_grid(state)
+    assert _eigen_start(model, state, unit, [], 1.0)
+    assert float(conservation_residual(model, state, flow)[0]) < 1e-10
+    # The first layer stays fixed: every variable and every product of two.
+    assert not any(parameter.requires_grad for parameter in model.layers[0].parameters())
+    hidden = model.layers[0](state)
+    assert torch.allclose(hidden[:, :4], state)
+    assert torch.allclose(hidden[:, 4], state[:, 0] * state[:, 1])
+
+
+def test_pairs_width_rejects_other_strings():
+    x = _states(2)
+    with pytest.raises(InvalidParameterError, match="'pairs' or a list"):
+        find_conserved(x, _oscillator(x), width="products", progress=False)
