@@ -12,6 +12,7 @@ from ._lazy import lazy_attributes
 from .errors import (
     CheckpointError,
     GraphError,
+    GridWarning,
     InputScaleWarning,
     InvalidDataError,
     InvalidParameterError,
@@ -40,6 +41,7 @@ __all__ = [
     "CheckpointError",
     "EdgeId",
     "GraphError",
+    "GridWarning",
     "InputScaleWarning",
     "InvalidDataError",
     "InvalidParameterError",

@@ -51,6 +51,10 @@ class SymbolicFitWarning(MultKANWarning):
     """An edge could not be fitted well by any symbolic candidate."""
 
 
+class GridWarning(MultKANWarning):
+    """A change of the spline grids changed the model's outputs on its training inputs."""
+
+
 def invalid_parameter(name: str, allowed: str, received: Any) -> InvalidParameterError:
     """Build an :class:`InvalidParameterError` that names the parameter, the rule and the value.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from .compile import CompileOptions, compile_graph, write_back
-from .errors import InvalidDataError, InvalidParameterError, invalid_parameter
+from .errors import GridWarning, InvalidDataError, InvalidParameterError, invalid_parameter
 from .graph import EdgeId, build_graph, graph_layers
 from .nn._layer import BASE_FUNCTIONS, MultKANLayer
 from .splines import extend_grid, fit_coefficients, grid_from_samples, uniform_grid
@@ -358,11 +359,16 @@ class MultKAN(nn.Module):
 
         Without ``x``, when ``new_grid`` is a multiple of the current grid
         size every interval is split into equal parts, so the old knots are
-        kept and the old splines are reproduced exactly (up to rounding);
-        otherwise the new grid is uniform over the old data range. With ``x``
-        the knots follow the layer inputs as in :meth:`update_grid`.
+        kept; otherwise the new grid is uniform over the old grid's range.
+        With ``x`` the knots follow the layer inputs as in :meth:`update_grid`.
         Coefficients are fitted by least squares to the old splines on dense
-        samples of the data range.
+        samples: of the layer inputs' range with ``x``, and of the old
+        grid's range without it. Inputs beyond that range (a layer trained
+        with ``update_grid=False``, or trained on after its last grid
+        update, whose inputs left its grid) then get a different function.
+        So without ``x`` a :class:`GridWarning` is raised when the outputs
+        on the stored training inputs (:attr:`train_input`) change by more
+        than ``REFINE_CHANGE`` (1e-3) of their standard deviation.
         """
         if not isinstance(new_grid, int) or isinstance(new_grid, bool) or new_grid < 1:
             raise invalid_parameter("new_grid", "an integer >= 1", new_grid)
@@ -372,21 +378,24 @@ class MultKAN(nn.Module):
         inputs = None if x is None else self.layer_inputs(x)
         for position, layer in enumerate(refined.layers):
             k = layer.k
-            low, high = layer.grid[:, k], layer.grid[:, -k - 1]
-            fractions = torch.linspace(0, 1, 8 * (new_grid + k) + 1, dtype=layer.grid.dtype, device=layer.grid.device)
-            samples = (low[:, None] + (high - low)[:, None] * fractions).T
             if inputs is None and new_grid % layer.grid_size == 0:
                 grid = _subdivide(layer.grid, k, new_grid // layer.grid_size)
                 uniform = layer.uniform
             elif inputs is None:
-                grid = uniform_grid(low, high, new_grid, k, dtype=layer.grid.dtype, device=layer.grid.device)
+                grid = uniform_grid(layer.grid[:, k], layer.grid[:, -k - 1], new_grid, k, dtype=layer.grid.dtype, device=layer.grid.device)
                 uniform = True
             else:
                 grid = grid_from_samples(inputs[position], new_grid, k, grid_eps=self.grid_eps)
                 uniform = self.grid_eps == 1.0
+            if inputs is None:
+                low, high = layer.grid[:, k], layer.grid[:, -k - 1]
+            else:
+                low, high = inputs[position].amin(dim=0), inputs[position].amax(dim=0)
+            fractions = torch.linspace(0, 1, 8 * (new_grid + k) + 1, dtype=layer.grid.dtype, device=layer.grid.device)
+            samples = (low[:, None] + (high - low)[:, None] * fractions).T
             # Evenly spaced samples miss intervals of quantile grids that are narrower
             # than their spacing, and the ridge fit then sets the coefficients there to
-            # zero. Samples inside every new interval, clamped to the old data range,
+            # zero. Samples inside every new interval, clamped to the sampled range,
             # constrain every coefficient of the new grid that lies in that range.
             per_interval = _interval_samples(grid, k, max(8, k + 1))
             samples = torch.cat([samples, torch.maximum(torch.minimum(per_interval, high), low)])
@@ -394,6 +403,8 @@ class MultKAN(nn.Module):
             layer.grid = grid
             layer.uniform = uniform
             layer.coef = nn.Parameter(fit_coefficients(samples, old_values, grid, k))
+        if x is None and self.train_input is not None:
+            _warn_refine_change(self, refined)
         return refined
 
     # Training.
@@ -538,6 +549,36 @@ class MultKAN(nn.Module):
         from .plot import plot_network
 
         return plot_network(self, x if x is not None else getattr(self, "train_input", None), **options)
+
+
+# refine warns when the refined model's outputs on the training inputs move
+# by more than this share of the outputs' spread.
+REFINE_CHANGE = 1e-3
+
+
+def _warn_refine_change(model: MultKAN, refined: MultKAN) -> None:
+    """Warn when ``refined`` computes other outputs than ``model`` on the stored training inputs, naming the layers whose inputs leave the grid."""
+    inputs = model.train_input.to(model.device)
+    with torch.no_grad():
+        before, after = model(inputs), refined(inputs)
+        spread = before.std(dim=0).clamp_min(torch.finfo(before.dtype).tiny) if before.shape[0] > 1 else before.abs().clamp_min(1.0)[0]
+        change = float(((after - before).abs() / spread).max()) if before.numel() else 0.0
+        if not change > REFINE_CHANGE:
+            return
+        outside = []
+        for position, values in enumerate(model.layer_inputs(inputs)):
+            grid, k = model.layers[position].grid, model.layers[position].k
+            low, high = values.amin(dim=0), values.amax(dim=0)
+            if bool(((low < grid[:, k]) | (high > grid[:, -k - 1])).any()):
+                outside.append(f"layer {position} (inputs in [{float(low.min()):.3g}, {float(high.max()):.3g}], grid [{float(grid[:, k].min()):.3g}, {float(grid[:, -k - 1].max()):.3g}])")
+    where = "; inputs leave the grid in " + ", ".join(outside) if outside else ""
+    warnings.warn(
+        f"refine changed the outputs on the training inputs by up to {change:.2g} of their standard deviation{where}. "
+        "Without x the new grid keeps the old grid's range, and the splines beyond it are lost. "
+        "Pass the inputs, model.refine(new_grid, x), to place the new grid on them",
+        GridWarning,
+        stacklevel=4,
+    )
 
 
 def _subdivide(grid: torch.Tensor, k: int, factor: int) -> torch.Tensor:

@@ -1,11 +1,13 @@
 """The compiled MultKAN module against the slow oracle, plus construction rules."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multkan import InvalidDataError, InvalidParameterError, MultKAN
+from multkan import GridWarning, InvalidDataError, InvalidParameterError, MultKAN
 from multkan.graph import graph_from_json, graph_to_json
 
 from .oracle import evaluate_graph
@@ -148,6 +150,52 @@ def test_refine_non_multiple_keeps_function_closely():
     x = torch.linspace(-1, 1, 101, dtype=torch.float64)[:, None]
     refined = model.refine(7)
     assert torch.allclose(refined(x), model(x), atol=1e-2)
+
+
+def _trained_beyond_grid():
+    """Return a [2, 5, 1] model trained without grid updates, whose hidden inputs leave the grid [-1, 1], and its data."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(600, 2, generator=generator, dtype=torch.float64) * 2 - 1
+    y = torch.exp(torch.sin(math.pi * x[:, [0]]) + x[:, [1]] ** 2)
+    data = {"train_input": x[:400], "train_label": y[:400], "test_input": x[400:], "test_label": y[400:]}
+    model = MultKAN([2, 5, 1], grid=5, seed=0, dtype=torch.float64)
+    model.fit(data, steps=30, update_grid=False, progress=False)
+    with torch.no_grad():
+        hidden = model.layer_inputs(x)[1]
+    assert float(hidden.abs().max()) > 1.05
+    return model, data
+
+
+def test_refine_with_inputs_keeps_fit():
+    model, data = _trained_beyond_grid()
+
+    def rmse(module):
+        with torch.no_grad():
+            return float((module(data["test_input"]) - data["test_label"]).square().mean().sqrt())
+
+    refined = model.refine(10, data["train_input"])
+    assert rmse(refined) < 1.5 * rmse(model)
+    with torch.no_grad():
+        hidden = model.layer_inputs(data["train_input"])[1]
+    assert float(refined.layers[1].grid[:, 3].min()) <= float(hidden.min()) + 1e-9
+    assert float(refined.layers[1].grid[:, -4].max()) >= float(hidden.max()) - 1e-9
+
+
+def test_refine_without_inputs_warns():
+    model, data = _trained_beyond_grid()
+    with pytest.warns(GridWarning, match="inputs leave the grid in layer 1"):
+        model.refine(10)
+
+
+def test_refine_inside_grid_silent():
+    # With the hidden inputs inside the grid, refining by a factor keeps the function, with no warning.
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(300, 2, generator=generator, dtype=torch.float64) * 2 - 1
+    data = {"train_input": x, "train_label": x[:, :1] * x[:, 1:], "test_input": x[:50], "test_label": x[:50, :1] * x[:50, 1:]}
+    model = MultKAN([2, [0, 1], 1], grid=5, seed=0, dtype=torch.float64)
+    model.fit(data, steps=20, update_grid=False, progress=False)
+    refined = model.refine(10)
+    assert torch.allclose(refined(x), model(x), atol=1e-6)
 
 
 def test_update_grid_keeps_function_on_samples():
