@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .errors import InvalidDataError, InvalidParameterError, invalid_parameter
+from .errors import InvalidDataError, InvalidParameterError, SymbolicFitWarning, invalid_parameter
 from .model import MultKAN
 
 __all__ = ["KANRegressor"]
@@ -24,6 +25,17 @@ SELECTIONS = ("score", "simplest")
 
 # Formulas of at most this many operations get their constants refitted and snapped.
 TIDY_MAX_OPERATIONS = 25
+# fit warns when the symbolic model's R² on the training data is below this
+# and below the spline network's.
+WEAK_FORMULA_R2 = 0.99
+
+
+def _r2(model: MultKAN, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Return the coefficient of determination of ``model`` on the rows, averaged over the outputs."""
+    with torch.no_grad():
+        residual = (model(inputs) - labels).square().sum(dim=0)
+    total = (labels - labels.mean(dim=0)).square().sum(dim=0).clamp_min(torch.finfo(labels.dtype).tiny)
+    return float((1 - residual / total).mean())
 
 
 def _tidy_formula(formula: Any, model: MultKAN, inputs: torch.Tensor, labels: torch.Tensor) -> Any:
@@ -82,7 +94,9 @@ class KANRegressor(RegressorMixin, BaseEstimator):
     symbolic : bool
         After training, snap every edge to its best library function with
         :meth:`MultKAN.auto_symbolic`, retrain the symbolic parameters for
-        ``steps`` steps and store the formula in :attr:`formula_`.
+        ``steps`` steps and store the formula in :attr:`formula_`. A
+        :class:`~multkan.SymbolicFitWarning` reports a symbolic model whose
+        training R² is below 0.99 and below the spline network's.
     prune : bool
         After training, remove weak nodes and edges with :meth:`MultKAN.prune`
         and retrain for ``steps`` steps without the regulariser.
@@ -224,9 +238,19 @@ class KANRegressor(RegressorMixin, BaseEstimator):
             history["prune"] = model.fit(dataset, lamb=0.0, update_grid=self.update_grid, **training)
         formula = None
         if self.symbolic:
-            # score() reports how well the formula fits, so weak edges need no warning here.
+            # Weak single edges need no warning; the whole formula's fit is checked below.
+            spline_r2 = _r2(model, inputs, labels)
             model.auto_symbolic(self.lib, selection=self.selection, warn_weak=False)
             history["symbolic"] = model.fit(dataset, lamb=0.0, update_grid=False, **training)
+            symbolic_r2 = _r2(model, inputs, labels)
+            if symbolic_r2 < min(WEAK_FORMULA_R2, spline_r2):
+                warnings.warn(
+                    f"the symbolic formula fits the training data with R² = {symbolic_r2:.3g}, against {spline_r2:.3g} for the "
+                    "spline network before snapping, so formula_ and predict are a poor model. Try more steps, "
+                    "update_grid=False, selection='simplest' or another width",
+                    SymbolicFitWarning,
+                    stacklevel=2,
+                )
             formulas = [_tidy_formula(f, model, inputs, labels[:, o]) for o, f in enumerate(model.symbolic_formula(numeric_edges="function"))]
             formula = formulas[0] if y.ndim == 1 else formulas
 
