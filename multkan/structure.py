@@ -306,7 +306,12 @@ def _score_power_rows(u, y, inner_functions, powers, u_symbol) -> list[tuple]:
                     continue
                 # Relative residuals: the target can span decades, and its small values matter as much.
                 weight = 1.0 / np.maximum(np.abs(transformed), 1e-300)
-                (a, b), *_ = np.linalg.lstsq(design * weight[:, None], transformed * weight, rcond=None)
+                weighted = design * weight[:, None]
+                if not np.isfinite(weighted).all():
+                    # Inner values of 1e125 times weights of tiny targets overflow, and
+                    # LAPACK prints errors on a non-finite matrix before it raises.
+                    continue
+                (a, b), *_ = np.linalg.lstsq(weighted, transformed * weight, rcond=None)
                 base = a * xs[row] + b
                 prediction = sign * np.abs(base) ** float(n) * u**power
                 error = float(np.sqrt(np.mean((prediction - y) ** 2))) / scale

@@ -9,7 +9,7 @@ import torch
 
 from multkan.discover import discover
 from multkan.feynman import get_equation
-from multkan.structure import _partitions, factored_sum, fit_univariate, power_law_group, separable_product
+from multkan.structure import _Inner, _partitions, _score_power_rows, factored_sum, fit_univariate, power_law_group, separable_product
 
 z = sympy.Symbol("z", positive=True)
 
@@ -151,3 +151,15 @@ def test_partitions_of_many_inputs_bounded():
     assert costs == sorted(costs)
     assert costs[-1] == 2
     assert all(sorted(p + r + q) == list(range(40)) and len(q) != 1 for p, r, q in partitions)
+
+
+
+def test_power_rows_skip_overflow(capfd):
+    # exp(700 u) / median reaches 1e152 at u = 1, where the weight 1/sqrt(t) of the
+    # target exp(-744 u) is 1e161: the product overflows, which LAPACK used to be given.
+    u = np.linspace(0.0, 1.0, 64)
+    y = np.exp(-744.0 * u)
+    inner = [_Inner("exp(700u)", lambda v: np.exp(700.0 * v), lambda s: sympy.exp(700 * s), 2)]
+    scored = _score_power_rows(u, y, inner, [0], sympy.Symbol("u"))
+    assert "DLASCL" not in capfd.readouterr().err
+    assert all(np.isfinite(entry[0]) for entry in scored)
