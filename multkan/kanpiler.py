@@ -14,6 +14,7 @@ trained further as an initialisation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 
 import networkx as nx
 import sympy
@@ -257,6 +258,22 @@ def _as_function(term: sympy.Expr) -> tuple[str, sympy.Expr, float, float]:
     return name, inner, float(scale), float(offset)
 
 
+def _rational_exponents(expression: sympy.Expr) -> sympy.Expr:
+    """Return ``expression`` with float exponents that equal a fraction of denominator at most 12 written as that fraction.
+
+    ``sympify("x**0.5")`` keeps the exponent as the float 0.5, which the
+    library's power functions (keyed by rational exponents) do not match.
+    """
+
+    def rational(power: sympy.Pow) -> sympy.Expr:
+        fraction = Fraction(float(power.exp)).limit_denominator(12)
+        if abs(float(fraction) - float(power.exp)) > 1e-12 * max(1.0, abs(float(power.exp))):
+            return power
+        return sympy.Pow(power.base, sympy.Rational(fraction.numerator, fraction.denominator))
+
+    return expression.replace(lambda node: isinstance(node, sympy.Pow) and isinstance(node.exp, sympy.Float), rational)
+
+
 def kanpile(
     expression: sympy.Expr | str,
     variables: Sequence[sympy.Symbol | str] | None = None,
@@ -306,9 +323,14 @@ def kanpile(
         raise InvalidParameterError(
             f"invalid expression: expected one real sympy expression, such as 'x*sin(y)', received {expression!r}"
         )
+    expression = _rational_exponents(expression)
     if variables is None:
         variables = sorted(expression.free_symbols, key=lambda s: s.name)
-    symbols = [sympy.Symbol(v) if isinstance(v, str) else v for v in variables]
+    # Symbols are matched by name: Symbol("x", real=True) and Symbol("x") are different
+    # objects to sympy, but the same variable to a reader.
+    symbols = [sympy.Symbol(v) if isinstance(v, str) else sympy.Symbol(v.name) if isinstance(v, sympy.Symbol) else v for v in variables]
+    by_name = {symbol.name: symbol for symbol in symbols if isinstance(symbol, sympy.Symbol)}
+    expression = expression.xreplace({symbol: by_name[symbol.name] for symbol in expression.free_symbols if symbol.name in by_name})
     missing = expression.free_symbols - set(symbols)
     if missing:
         raise InvalidParameterError(f"invalid variables: the expression also uses {sorted(map(str, missing))}")

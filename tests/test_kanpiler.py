@@ -110,3 +110,26 @@ def test_output_name_avoids_an_input_name():
 def test_invalid_expressions_raise(text):
     with pytest.raises(InvalidParameterError, match="invalid expression"):
         kanpile(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("x**0.5", "sqrt(x)"), ("x**1.5", "x**(3/2)"), ("x**2.0", "x**2"), ("x**-1.0", "1/x")])
+def test_float_exponents_compile(text, expected):
+    model = kanpile(text)
+    x = sympy.Symbol("x", real=True)
+    formula = model.symbolic_formula([x])[0]
+    assert sympy.simplify(formula - sympy.sympify(expected, locals={"x": x})) == 0
+
+
+def test_float_exponent_beyond_fractions_rejected():
+    with pytest.raises(InvalidParameterError):
+        kanpile("x**0.37")
+
+
+@pytest.mark.parametrize("order", ["symbols in the expression", "symbols as variables"])
+def test_symbols_match_by_name(order):
+    x, y = sympy.symbols("x y", real=True)
+    expression, variables = ("x*sin(y)", [x, y]) if order == "symbols as variables" else (x * sympy.sin(y), ["x", "y"])
+    model = kanpile(expression, variables)
+    inputs = torch.tensor([[0.3, -1.2], [1.5, 0.4]], dtype=model.dtype)
+    expected = inputs[:, 0] * torch.sin(inputs[:, 1])
+    assert torch.allclose(model(inputs)[:, 0], expected, atol=1e-6)
