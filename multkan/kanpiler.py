@@ -328,7 +328,13 @@ def kanpile(
         variables = sorted(expression.free_symbols, key=lambda s: s.name)
     # Symbols are matched by name: Symbol("x", real=True) and Symbol("x") are different
     # objects to sympy, but the same variable to a reader.
-    symbols = [sympy.Symbol(v) if isinstance(v, str) else sympy.Symbol(v.name) if isinstance(v, sympy.Symbol) else v for v in variables]
+    symbols = []
+    for variable in variables:
+        if isinstance(variable, str):
+            variable = sympy.Symbol(variable)
+        elif isinstance(variable, sympy.Symbol):
+            variable = sympy.Symbol(variable.name)
+        symbols.append(variable)
     by_name = {symbol.name: symbol for symbol in symbols if isinstance(symbol, sympy.Symbol)}
     expression = expression.xreplace({symbol: by_name[symbol.name] for symbol in expression.free_symbols if symbol.name in by_name})
     missing = expression.free_symbols - set(symbols)
