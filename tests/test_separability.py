@@ -142,6 +142,12 @@ def test_function_outside_torch_raises():
         detect_separability(through_numpy, _rows(2))
 
 
+def test_numpy_call_on_input_raises():
+    # Tensor.numpy() without detach() fails inside the function.
+    with pytest.raises(InvalidDataError, match="do not depend on x through torch operations"):
+        detect_separability(lambda v: torch.tensor(v.numpy().sum(1)), _rows(2))
+
+
 def test_numpy_indices_accepted():
     x = _rows(3)
     assert symmetry(lambda v: v[:, 0] * v[:, 1] + v[:, 2], x, np.array([0, 1]))[0]
@@ -227,3 +233,17 @@ def test_general_symmetry_of_trained_networks():
     assert scores["symmetric"][0]
     assert not scores["not"][0]
     assert scores["not"][1] > 5 * scores["symmetric"][1]
+
+
+@pytest.mark.parametrize("size", [1.0, 10.0, 100.0])
+def test_add_score_ignores_other_terms(size):
+    # A large term of other inputs must not hide the x1*x2 interaction.
+    x = _rows(3)
+    result = detect_separability(lambda v: size * torch.sin(v[:, 0]) + v[:, 1] * v[:, 2], x)
+    assert result.groups == ((0,), (1, 2))
+    assert float(result.scores[0, 1]) == 0.0
+    if size <= 10.0:
+        assert abs(float(result.scores[1, 2]) - 1.0) < 0.05
+    else:
+        # The pair's effect is below 1% of std(f), where the reference's floor lowers the score.
+        assert float(result.scores[1, 2]) > 0.5

@@ -41,6 +41,8 @@ __all__ = ["ModularTree", "SeparabilityResult", "detect_separability", "interact
 
 MODES = ("add", "mul")
 SYMMETRY_MODES = ("add", "mul", "general")
+# The additive score's reference is at least this share of std(f).
+ADD_REFERENCE_FLOOR = 1e-2
 # modular_tree scores every subset of the inputs, 2**n of them.
 TREE_MAX_INPUTS = 12
 
@@ -114,17 +116,24 @@ def _rows(x, dtype: torch.dtype | None, n_in: int | None) -> torch.Tensor:
 def _derivatives(values: Callable, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return ``f`` (batch,), the gradient (batch, n) and the Hessian (batch, n, n) of every row."""
     rows = x.clone().requires_grad_(True)
+    not_differentiable = (
+        "invalid function: its values do not depend on x through torch operations, so they cannot be "
+        "differentiated; compute them with torch functions of the given tensor (not numpy)"
+    )
     with torch.enable_grad():
-        f = torch.as_tensor(values(rows))
+        try:
+            f = torch.as_tensor(values(rows))
+        except RuntimeError as error:
+            # Tensor.numpy() on the tensor that carries the gradient raises this.
+            if "numpy()" not in str(error):
+                raise
+            raise InvalidDataError(not_differentiable) from error
         if not f.requires_grad:
             if bool((f == f[0]).all()):
                 # A constant: every derivative is 0.
                 zeros = torch.zeros_like(rows)
                 return f.detach().to(rows.dtype), zeros, zeros[:, :, None].expand(-1, -1, rows.shape[1]).clone()
-            raise InvalidDataError(
-                "invalid function: its values do not depend on x through torch operations, so they cannot be "
-                "differentiated; compute them with torch functions of the given tensor (not numpy)"
-            )
+            raise InvalidDataError(not_differentiable)
         (gradient,) = torch.autograd.grad(f.sum(), rows, create_graph=True, allow_unused=True)
         if gradient is None:
             gradient = torch.zeros_like(rows)
@@ -145,9 +154,14 @@ def _rms(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
 def _pair_scores(mode: str, f: torch.Tensor, gradient: torch.Tensor, hessian: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
     """Return the (n, n) scores of ``mode`` from the derivatives, with ``spread`` the inputs' standard deviations."""
     if mode == "add":
-        reference = f.std()
+        # The reference is the geometric mean of the two inputs' own effects,
+        # rms(df/dx_i) s_i, so a larger term of other inputs does not hide
+        # the pair. ADD_REFERENCE_FLOOR of std(f) keeps an input with almost
+        # no effect from turning the noise of a trained network into a score.
+        effect = _rms(gradient) * spread
+        reference = torch.maximum(torch.sqrt(effect[:, None] * effect[None, :]), ADD_REFERENCE_FLOOR * f.std())
         scores = _rms(hessian) * spread[:, None] * spread[None, :]
-        scores = scores / reference if float(reference) > 0 else torch.zeros_like(scores)
+        scores = torch.where(reference > 0, scores / torch.where(reference > 0, reference, 1.0), 0.0)
     else:
         scores = _relative(f[:, None, None] * hessian, gradient[:, :, None] * gradient[:, None, :])
     scores = (scores + scores.T) / 2
@@ -212,9 +226,11 @@ def interaction_scores(function, x: torch.Tensor | None = None, *, mode: str = "
     x : tensor of shape (n_rows, n_in), optional
         Rows to evaluate the derivatives at; a model's training inputs by default.
     mode : {"add", "mul"}
-        ``"add"``: ``rms(d2f/dx_i dx_j) * s_i * s_j / std(f)``, with ``s``
-        the inputs' standard deviations over the rows; ``x_i * x_j`` on
-        uniform [-1, 1] inputs scores about 1. ``"mul"``: ``rms(A - B) /
+        ``"add"``: ``rms(d2f/dx_i dx_j) * s_i * s_j / r_ij``, with ``s``
+        the inputs' standard deviations over the rows and ``r_ij`` the
+        geometric mean of ``rms(df/dx_i) * s_i`` and ``rms(df/dx_j) *
+        s_j`` (at least ``ADD_REFERENCE_FLOOR`` times ``std(f)``). ``x_i *
+        x_j`` scores 1 on uniform inputs, whatever other terms ``f`` has. ``"mul"``: ``rms(A - B) /
         (rms(A) + rms(B))`` for ``A = f * d2f/dx_i dx_j`` and ``B = df/dx_i
         * df/dx_j``, between 0 and 1 (``x_i * x_j + 1`` scores 0.72). 0
         means separable for that pair, in both modes.
@@ -237,9 +253,10 @@ def detect_separability(
     :func:`interaction_scores` exceeds ``threshold``, directly or through a
     chain of such pairs. A trained network is never exactly separable:
     its cross derivatives are small, not 0. Networks of ``[3, 5, 1]``
-    trained to a test RMSE of about 1e-3 of the target's range scored
-    0.006 to 0.06 on separable pairs and 0.5 or more on interacting ones.
-    Hence the default ``threshold`` of 0.1. The result contains the
+    trained for 100 steps on ``sin(pi x0) + x1 x2``, ``exp(x0) + x1**2 +
+    x2`` and ``x0 x1 + cos(2 x2)`` (two seeds each, test RMSE 1e-4 to 3e-4
+    of the target's range) scored 0.002 to 0.047 on separable pairs and
+    1.0 on the products. Hence the default ``threshold`` of 0.1. The result contains the
     scores, so the margin can be checked.
 
     Examples
@@ -364,6 +381,12 @@ def modular_tree(function, x: torch.Tensor | None = None, *, threshold: float = 
     the smallest up, skipping any that crosses a group already kept, so
     the result is a tree. Costs ``2**n_in`` subset scores, so at most
     TREE_MAX_INPUTS (12) inputs are accepted.
+
+    Where groups tie, the tree is one of several valid ones: for the
+    symmetric ``x0 + x1 + x2 + x3`` every pair scores 0, and the tree is
+    ``[x0, x1], [x2, x3]`` only because ties are broken by the order of
+    the inputs. The result contains the scores of the kept groups only, so
+    it does not mark such ties; :func:`test_symmetry` scores any other group.
 
     Examples
     --------
