@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from .datasets import DATASET_KEYS, check_finite
 from .errors import InvalidDataError, MultKANWarning, invalid_parameter
+from .names import formula_names
 from .structure import SearchTimeout, _check_deadline, _complexity, factored_sum, power_law_group, separable_product
 from .symbolic.formula import _snap_constant, formula_error, simplify_constants, snap_formula_constants, snap_value
 
@@ -201,7 +202,7 @@ def _prepare(dataset: dict, var_names: Sequence[str] | None) -> tuple[dict[str, 
     names = [f"x_{i + 1}" for i in range(n_var)] if var_names is None else list(var_names)
     if len(names) != n_var:
         raise invalid_parameter("var_names", f"{n_var} names, one per input column", names)
-    return data, [sympy.Symbol(name, real=True) for name in names]
+    return data, [sympy.Symbol(name, real=True) for name in formula_names(names, stacklevel=3)]
 
 
 def _evaluate(expression, symbols, data) -> tuple[float, float]:

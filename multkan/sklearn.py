@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .errors import InvalidDataError, InvalidParameterError, SymbolicFitWarning, invalid_parameter
 from .model import MultKAN
+from .names import formula_names
 
 __all__ = ["KANRegressor"]
 
@@ -324,7 +325,7 @@ class KANRegressor(RegressorMixin, BaseEstimator):
         # NOTE: the feature_names_in_ branch is not covered by the tests, because pandas is not a test dependency.
         names = getattr(self, "feature_names_in_", None)
         if names is not None and all(names) and len(set(names)) == len(names):
-            return [str(name) for name in names]
+            return formula_names([str(name) for name in names], stacklevel=3)
         return [f"x{i}" for i in range(n_features)]
 
 

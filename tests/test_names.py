@@ -1,0 +1,40 @@
+"""Variable names in formulas: identifiers kept, others renamed with a warning."""
+
+import pytest
+import sympy
+import torch
+
+from multkan import MultKANWarning
+from multkan.discover import discover
+from multkan.names import formula_names
+
+
+def test_identifiers_kept_without_warning():
+    assert formula_names(["m", "v_1", "E", "x2"]) == ["m", "v_1", "E", "x2"]
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["v-1", "m"], ["v_1", "m"]),
+        (["2x", "y z"], ["x_2x", "y_z"]),
+        (["lambda", "a"], ["x_lambda", "a"]),
+        (["v-1", "v_1"], ["v_1_2", "v_1"]),
+        (["", "a"], ["x", "a"]),
+    ],
+)
+def test_other_names_renamed(names, expected):
+    with pytest.warns(MultKANWarning, match="renamed in formulas") as record:
+        assert formula_names(names) == expected
+    assert repr(names[0]) in str(record[0].message)
+
+
+def test_discover_formula_uses_renamed_column():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 2, generator=generator, dtype=torch.float64) + 0.5
+    y = x[:, :1] * x[:, 1:]
+    data = {"train_input": x[:200], "train_label": y[:200], "test_input": x[200:], "test_label": y[200:]}
+    with pytest.warns(MultKANWarning, match="'v-1' -> v_1"):
+        result = discover(data, ["m", "v-1"], methods=["power_law"], progress=False)
+    m, v_1 = sympy.symbols("m v_1", real=True)
+    assert sympy.simplify(result.formula - m * v_1) == 0
