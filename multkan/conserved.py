@@ -9,7 +9,8 @@ snaps its edges to symbolic functions and returns tidy formulas, each
 checked on the data.
 
 The objective, ``mean((grad H . f)^2) / mean(|grad H|^2)`` with ``f`` of
-unit length, is free of units. Dividing by the mean squared gradient keeps a
+unit length, is free of units: lengths are taken in units where every
+component of the flow has an RMS of 1. Dividing by the mean squared gradient keeps a
 constant ``H``, which is conserved but carries no information, from winning. Later
 quantities add the same quotient for the gradients of earlier ones, weighted
 by ``independence``, so ``H_2 = 2 H_1`` is no second law. For additive
@@ -48,6 +49,9 @@ EQUILIBRIUM_FRACTION = 1e-9
 # Directions of the spline coefficients whose mean squared gradient is
 # below this fraction of the largest are constants, left out of the eigenvector start.
 METRIC_CUTOFF = 1e-10
+# A flow component whose RMS is below this share of the largest counts as
+# this share in the balanced units of the residual (see _unit_flow).
+STILL_COMPONENT = 1e-6
 # Training stops when a step changes the objective by less than this fraction.
 CONVERGED_CHANGE = 1e-9
 # Minimum number of rows with a non-zero flow.
@@ -77,6 +81,9 @@ PAIRS = "pairs"
 MAX_MONOMIALS = 500
 # A quantity whose residual on the test rows exceeds this is reported with a warning.
 WARN_RESIDUAL = 1e-2
+# Two quantities whose unit gradients have a mean squared cosine above this
+# are reported as dependent (one nearly a function of the other).
+DEPENDENT_COSINE = 0.95
 # A quantity whose spread over the states is below this share of its spread
 # over the states with their columns shuffled is constant on the data.
 LEVEL_SET_RATIO = 0.05
@@ -156,11 +163,26 @@ def _check_pair(x: Any, flow: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return x, flow
 
 
-def _unit_flow(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the flow divided by its length, and the mask of rows that are not equilibria."""
+def _unit_flow(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the flow of unit length in balanced units, the mask of rows that are not equilibria, and the gradient weights.
+
+    The units make each component of the flow have an RMS of 1 over the
+    moving rows: with ``c_s`` that RMS, the state ``x_s / c_s`` moves at
+    ``f_s / c_s``. In those units the flow is ``f / |f / c|`` and a
+    gradient's squared length is ``sum_s c_s**2 (dH/dx_s)**2``, so the
+    returned weights are ``c**2``. Without this, a flow whose forces are 100
+    times its velocities points almost along the momenta, and a function of
+    the positions alone, such as ``x**4*y**4``, has a small residual while
+    it is not conserved.
+    """
+    tiny = torch.finfo(flow.dtype).tiny
     length = flow.norm(dim=1)
-    moving = length > EQUILIBRIUM_FRACTION * length.median().clamp_min(torch.finfo(flow.dtype).tiny)
-    return flow / length.clamp_min(torch.finfo(flow.dtype).tiny).unsqueeze(1), moving
+    moving = length > EQUILIBRIUM_FRACTION * length.median().clamp_min(tiny)
+    spread = flow[moving].square().mean(dim=0).sqrt() if bool(moving.any()) else torch.ones(flow.shape[1], dtype=flow.dtype)
+    # A component that never moves gets a small weight instead of none.
+    spread = spread.clamp_min(STILL_COMPONENT * float(spread.max()) + tiny)
+    balanced = (flow / spread).norm(dim=1).clamp_min(tiny)
+    return flow / balanced.unsqueeze(1), moving, spread.square()
 
 
 def _gradients(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,10 +204,14 @@ def _gradients(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     return values, torch.stack(gradients)
 
 
-def _objective(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float) -> torch.Tensor:
+def _objective(
+    model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Return the training objective of one quantity, with ``earlier`` the unit gradients of the quantities found before.
 
-    ``mean((grad H . f)^2) / mean(|grad H|^2)`` with unit flow ``f``, plus
+    ``mean((grad H . f)^2) / mean(|grad H|^2)`` with unit flow ``f`` and
+    the gradient's squared length weighted by ``weights`` (see
+    :func:`_unit_flow`; unweighted by default), plus
     ``independence`` times the same quotient for every earlier unit
     gradient. Dividing by the mean squared gradient, not row by row, makes
     the objective a Rayleigh quotient in the spline coefficients of an
@@ -193,7 +219,8 @@ def _objective(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier
     """
     _, gradients = _gradients(model, x, create_graph=True)
     gradient = gradients[0]
-    scale = (gradient * gradient).sum(-1).mean().clamp_min(torch.finfo(x.dtype).tiny)
+    squares = gradient * gradient if weights is None else gradient * gradient * weights.to(gradient)
+    scale = squares.sum(-1).mean().clamp_min(torch.finfo(x.dtype).tiny)
     along = ((gradient * unit_flow).sum(-1) ** 2).mean()
     for other in earlier if independence > 0 else ():
         along = along + independence * ((gradient * other).sum(-1) ** 2).mean()
@@ -229,7 +256,15 @@ def _pairs_model(n_state: int, *, grid: int, k: int, seed: int, names: list[str]
     return model
 
 
-def _eigen_start(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float, rank: int = 0) -> bool:
+def _eigen_start(
+    model: MultKAN,
+    x: torch.Tensor,
+    unit_flow: torch.Tensor,
+    earlier: list[torch.Tensor],
+    independence: float,
+    rank: int = 0,
+    weights: torch.Tensor | None = None,
+) -> bool:
     """Set the last layer of a network to the best quantity for its fixed front; return whether it applied.
 
     It applies when the last layer has one output and no mult nodes and
@@ -282,7 +317,8 @@ def _eigen_start(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earli
     along = products(unit_flow)
     for other in earlier if independence > 0 else ():
         along = along + independence * products(other)
-    metric = torch.einsum("rsf,rsg->fg", features, features) / n_rows
+    state_weights = torch.ones(n_state, dtype=features.dtype) if weights is None else weights.to(features)
+    metric = torch.einsum("rsf,rsg,s->fg", features, features, state_weights) / n_rows
     # Functions with no gradient (the constants) span the null space of the
     # metric; the quotient is taken on the rest.
     scales, directions = torch.linalg.eigh(metric)
@@ -300,14 +336,16 @@ def _eigen_start(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earli
     return True
 
 
-def _train_one(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float, steps: int, bar) -> list[float]:
+def _train_one(
+    model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier: list[torch.Tensor], independence: float, steps: int, bar, weights: torch.Tensor
+) -> list[float]:
     """Train one quantity's network in place with L-BFGS; return the objective after each step."""
     parameters = _FlatParameters([parameter for parameter in model.parameters() if parameter.requires_grad])
     optimizer = FlatLBFGS(parameters.flat, lr=1.0, max_iter=20, history_size=10, tolerance_grad=1e-32, tolerance_change=1e-32)
 
     def closure() -> torch.Tensor:
         parameters.zero_grad()
-        loss = _objective(model, x, unit_flow, earlier, independence)
+        loss = _objective(model, x, unit_flow, earlier, independence, weights)
         loss.backward()
         return loss
 
@@ -340,9 +378,11 @@ def _train_one(model: MultKAN, x: torch.Tensor, unit_flow: torch.Tensor, earlier
 def conservation_residual(quantity: Any, x: Any, flow: Any, *, names: Sequence[str] | None = None) -> torch.Tensor:
     """Return, per quantity, ``sqrt(mean((grad H . f)^2) / mean(|grad H|^2))`` with the flow ``f`` of unit length.
 
-    This is the relative rate of change of ``H`` along the flow: the RMS of
-    the cosine between ``grad H`` and ``f``, with each row weighted by
-    ``|grad H|^2``. Rows where the gradient is nearly zero (the bottom of a
+    Lengths are taken in balanced units, where each component of the flow
+    has an RMS of 1 over the rows (see :func:`_unit_flow`), so the result
+    does not change when one variable's unit changes. This is the relative
+    rate of change of ``H`` along the flow: the RMS of the cosine between
+    ``grad H`` and ``f``, with each row weighted by ``|grad H|^2``. Rows where the gradient is nearly zero (the bottom of a
     potential well) carry little weight, as their direction is mostly
     rounding. It is the square root of the objective of :func:`find_conserved`.
 
@@ -364,7 +404,7 @@ def conservation_residual(quantity: Any, x: Any, flow: Any, *, names: Sequence[s
         for a quantity whose gradient is zero on every row.
     """
     x, flow = _check_pair(x, flow)
-    unit_flow, moving = _unit_flow(flow)
+    unit_flow, moving, weights = _unit_flow(flow)
     x, unit_flow = x[moving], unit_flow[moving]
     if isinstance(quantity, (str, sympy.Basic, list, tuple)):
         gradients = _formula_gradients(quantity, x, names)
@@ -380,7 +420,7 @@ def conservation_residual(quantity: Any, x: Any, flow: Any, *, names: Sequence[s
             _, gradients = _gradients(quantity, x, create_graph=False)
     gradients = gradients.detach()
     along = ((gradients * unit_flow.to(gradients.dtype)).sum(-1) ** 2).mean(dim=1)
-    scale = (gradients * gradients).sum(-1).mean(dim=1)
+    scale = (gradients * gradients * weights.to(gradients)).sum(-1).mean(dim=1)
     return torch.where(scale > 0, along / scale.clamp_min(torch.finfo(gradients.dtype).tiny), torch.nan).sqrt()
 
 
@@ -645,7 +685,7 @@ def _refit_terms(
     if not math.isfinite(residual) or residual <= RESIDUAL_FLOOR or (long and not monomials):
         return expression, residual
     terms = _candidate_terms(expression, symbols, x, monomials)
-    unit_flow, moving = _unit_flow(flow)
+    unit_flow, moving, weights = _unit_flow(flow)
     rows = x[moving]
     unit_flow = unit_flow[moving]
     gradients = _formula_gradients(terms, rows, [symbol.name for symbol in symbols])
@@ -657,7 +697,7 @@ def _refit_terms(
     for other in earlier if independence > 0 else ():
         overlap = torch.einsum("krn,rn->kr", gradients, other.to(gradients))
         along = along + independence * overlap @ overlap.T / n_rows
-    metric = torch.einsum("krn,jrn->kj", gradients, gradients) / n_rows
+    metric = torch.einsum("krn,jrn,n->kj", gradients, gradients, weights.to(gradients)) / n_rows
     excluded = _exclusion_vectors(list(exclude), terms) if monomials else []
 
     def solve(active: list[int]) -> tuple[torch.Tensor, float] | None:
@@ -701,7 +741,10 @@ def _refit_terms(
         active, (coefficients, _) = trial, solved
     candidate = sympy.Add(*(sympy.Float(float(value)) * terms[term] for term, value in zip(active, coefficients)))
     tidy, tidy_residual = tidy_quantity(candidate, x, flow, names=[symbol.name for symbol in symbols])
-    fewer = long or len(_variable_terms(tidy)) < len(_variable_terms(expression))
+    # A long formula is replaced only by a clearly better one: a sparse sum of monomials
+    # that merely matches its residual (x**4*y**4 where the force dominates the flow)
+    # would read as a law while it is not one.
+    fewer = not long and len(_variable_terms(tidy)) < len(_variable_terms(expression))
     if tidy_residual < 0.5 * residual or (fewer and tidy_residual <= residual):
         return tidy, tidy_residual
     return expression, residual
@@ -762,6 +805,20 @@ def _level_set_ratio(model: MultKAN, x: torch.Tensor, generator: torch.Generator
     with torch.no_grad():
         on_data, off_data = model(x)[:, 0].std(), model(shuffled)[:, 0].std()
     return float(on_data / off_data) if off_data > 0 else math.nan
+
+
+def _gradient_overlaps(quantities: list, x: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """Return the (n, n) mean over rows of the squared cosine between the gradients of every two quantities (models or formulas)."""
+    directions = []
+    for quantity in quantities:
+        if isinstance(quantity, sympy.Basic):
+            gradient = _formula_gradients([quantity], x, names)[0]
+        else:
+            with torch.enable_grad():
+                gradient = _gradients(quantity, x, create_graph=False)[1][0].detach()
+        directions.append(gradient / gradient.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny))
+    stacked = torch.stack(directions)
+    return torch.einsum("ars,brs->abr", stacked, stacked).square().mean(dim=-1)
 
 
 def _check_options(n_state: int, n_quantities: Any, width: Any, steps: Any, k: Any, test_fraction: Any, independence: Any) -> list | str:
@@ -869,7 +926,9 @@ def find_conserved(
         the states is below ``LEVEL_SET_RATIO`` of its spread over the
         states with their columns shuffled), as on a single trajectory:
         every function constant along the trajectory then fits the data,
-        and several trajectories with different values are needed.
+        and several trajectories with different values are needed. And
+        when a later quantity's gradient is nearly parallel to an earlier
+        one's (mean squared cosine above ``DEPENDENT_COSINE``, 0.95).
 
     Examples
     --------
@@ -887,7 +946,7 @@ def find_conserved(
     width = _check_options(n_state, n_quantities, width, steps, k, test_fraction, independence)
     symbols = _symbols(names, n_state)
     names = [symbol.name for symbol in symbols]
-    unit_flow, moving = _unit_flow(flow)
+    unit_flow, moving, weights = _unit_flow(flow)
     x, flow, unit_flow = x[moving], flow[moving], unit_flow[moving]
     if x.shape[0] < MIN_ROWS:
         raise InvalidDataError(f"invalid flow: expected at least {MIN_ROWS} rows where the flow is not zero, received {x.shape[0]}")
@@ -917,9 +976,9 @@ def find_conserved(
             # penalty: the penalty cannot keep a new quantity pointwise perpendicular to a
             # mix of earlier ones, while the eigenvectors are independent, and _combine
             # separates their mixes afterwards.
-            exact_start = _eigen_start(model, x_train, flow_train, [], independence, rank=index)
+            exact_start = _eigen_start(model, x_train, flow_train, [], independence, rank=index, weights=weights)
             penalised = [] if exact_start else earlier
-            history["objective"].append(_train_one(model, x_train, flow_train, penalised, independence, steps, bar))
+            history["objective"].append(_train_one(model, x_train, flow_train, penalised, independence, steps, bar, weights))
             models.append(model)
             with torch.enable_grad():
                 _, gradients = _gradients(model, x_train, create_graph=False)
@@ -949,6 +1008,22 @@ def find_conserved(
             formulas.append(tidy)
             formula_residual.append(value)
         _combine(formulas, formula_residual, x, flow, names, powers=(1, 2) if width == PAIRS else (1,))
+    if n_quantities > 1:
+        try:
+            usable = formulas is not None and all(math.isfinite(value) for value in formula_residual)
+            overlaps = _gradient_overlaps(formulas if usable else models, x, names)
+        except SymbolicError:
+            overlaps = _gradient_overlaps(models, x, names)
+        for later in range(1, n_quantities):
+            earlier_index = int(overlaps[later, :later].argmax())
+            if float(overlaps[later, earlier_index]) > DEPENDENT_COSINE:
+                warnings.warn(
+                    f"quantity {later} is nearly a function of quantity {earlier_index}: the mean squared cosine of their gradients "
+                    f"is {float(overlaps[later, earlier_index]):.3f} (1 for dependent, 0 for perpendicular). The width may express fewer "
+                    "independent quantities than n_quantities; try a smaller n_quantities or another width",
+                    ConservationWarning,
+                    stacklevel=2,
+                )
     for index, model in enumerate(models):
         ratio = _level_set_ratio(model, x, generator)
         if ratio < LEVEL_SET_RATIO:

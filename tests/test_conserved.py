@@ -106,9 +106,11 @@ def test_residual_of_formulas_models_and_callables():
     flow = _pendulum(x)
     exact, wrong = conservation_residual([p**2 / 2 - sympy.cos(q), q], x, flow, names=["q", "p"])
     assert float(exact) < 1e-14
-    # d q / dt = p, so the residual is rms(p / |f|) over the rows.
-    unit_p = flow[:, 0] / flow.norm(dim=1)
-    assert float(wrong) == pytest.approx(float(unit_p.pow(2).mean().sqrt()), rel=1e-12)
+    # d q / dt = p. In units where each flow component has an RMS of 1 (f / c), the
+    # residual of q is rms(f_q / c_q / |f / c|) over the rows.
+    balanced = flow / flow.square().mean(dim=0).sqrt()
+    unit_q = balanced[:, 0] / balanced.norm(dim=1)
+    assert float(wrong) == pytest.approx(float(unit_q.pow(2).mean().sqrt()), rel=1e-12)
     by_callable = conservation_residual(lambda v: v[:, 1] ** 2 / 2 - torch.cos(v[:, 0]), x, flow)
     assert float(by_callable[0]) < 1e-14
     model = MultKAN([2, 1], dtype=torch.float64)
@@ -322,3 +324,32 @@ def test_pairs_width_rejects_other_strings():
     x = _states(2)
     with pytest.raises(InvalidParameterError, match="'pairs' or a list"):
         find_conserved(x, _oscillator(x), width="products", progress=False)
+
+
+def _sextic_central_force():
+    # V = (x**2 + y**2)**3: its forces are about 100 times the momenta at |x|, |y| near 2.
+    generator = torch.Generator().manual_seed(0)
+    state = torch.rand(1000, 4, generator=generator, dtype=torch.float64) * 4 - 2
+    x, y, px, py = state.T
+    radius_4 = (x**2 + y**2) ** 2
+    return state, torch.stack([px, py, -6 * radius_4 * x, -6 * radius_4 * y], dim=1)
+
+
+def test_residual_balances_flow_components():
+    # A function of the positions alone is not conserved: without balanced units its
+    # residual was 0.0022, as the unit flow points almost along the momenta.
+    state, flow = _sextic_central_force()
+    names = ["x", "y", "px", "py"]
+    assert float(conservation_residual("x**4*y**4", state, flow, names=names)[0]) > 0.1
+    assert float(conservation_residual("x*py - y*px", state, flow, names=names)[0]) < 1e-14
+
+
+@pytest.mark.slow
+def test_dependent_quantities_warn():
+    # The energy has x**4*y**2 terms, which no sum over single variables and pairs holds,
+    # so the second quantity is the angular momentum again, plus small terms.
+    state, flow = _sextic_central_force()
+    with pytest.warns(ConservationWarning, match="quantity 1 is nearly a function of quantity 0"):
+        found = find_conserved(state, flow, n_quantities=2, width="pairs", names=["x", "y", "px", "py"], progress=False)
+    x, y, px, py = sympy.symbols("x y px py", real=True)
+    assert _same(found.formulas[0], px * y - py * x) or _same(found.formulas[0], py * x - px * y)
