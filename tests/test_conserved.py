@@ -9,8 +9,10 @@ import torch
 
 from multkan import InvalidDataError, InvalidParameterError, MultKAN, SymbolicError
 from multkan.conserved import (
+    DEPENDENT_COSINE,
     ConservationWarning,
     _eigen_start,
+    _gradient_overlaps,
     _pairs_model,
     _objective,
     conservation_residual,
@@ -294,7 +296,6 @@ def _quartic_central_force(seed):
     return state, torch.stack([px, py, -4 * radius_squared * x, -4 * radius_squared * y], dim=1)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_pairs_width_momentum_and_energy(seed):
     state, flow = _quartic_central_force(seed)
@@ -344,12 +345,23 @@ def test_residual_balances_flow_components():
     assert float(conservation_residual("x*py - y*px", state, flow, names=names)[0]) < 1e-14
 
 
-@pytest.mark.slow
-def test_dependent_quantities_warn():
+def test_inexpressible_second_quantity_warns():
     # The energy has x**4*y**2 terms, which no sum over single variables and pairs holds,
-    # so the second quantity is the angular momentum again, plus small terms.
+    # so the second formula is no law, while the first (the angular momentum) is exact.
     state, flow = _sextic_central_force()
-    with pytest.warns(ConservationWarning, match="quantity 1 is nearly a function of quantity 0"):
+    with pytest.warns(ConservationWarning, match="quantity 1, .* is probably not conserved"):
         found = find_conserved(state, flow, n_quantities=2, width="pairs", names=["x", "y", "px", "py"], progress=False)
     x, y, px, py = sympy.symbols("x y px py", real=True)
     assert _same(found.formulas[0], px * y - py * x) or _same(found.formulas[0], py * x - px * y)
+    assert found.formula_residual[1] > 1e3 * found.formula_residual[0]
+
+
+def test_gradient_overlaps_of_dependent_formulas():
+    state, _ = _sextic_central_force()
+    x, y, px, py = sympy.symbols("x y px py", real=True)
+    momentum = px * y - py * x
+    energy = (px**2 + py**2) / 2 + (x**2 + y**2) ** 3
+    overlaps = _gradient_overlaps([momentum, momentum + sympy.sin(x * y) / 100, energy], state, ["x", "y", "px", "py"])
+    assert float(overlaps[0, 0]) == pytest.approx(1.0)
+    assert float(overlaps[0, 1]) > DEPENDENT_COSINE
+    assert float(overlaps[0, 2]) < 0.5
