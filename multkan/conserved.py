@@ -116,7 +116,8 @@ class ConservedQuantities:
     names : list of str
         The state variables.
     history : dict
-        ``objective``: per quantity, the training objective after each step.
+        ``objective``: per quantity, the training objective after each step,
+        or one value, at the start, for networks with an exact start.
     """
 
     models: list[MultKAN]
