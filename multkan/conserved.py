@@ -680,7 +680,8 @@ def _refit_terms(
     earlier quantities at the rows ``x`` (where the flow is non-zero), weighted by ``independence``.
     With ``monomials`` (networks of :func:`_pairs_model`), products of
     variables are candidates too, and a formula too long for its own terms
-    is refitted from the other candidates. The coefficients are then kept
+    is refitted from the other candidates (it counts as having more terms
+    than any refit). The coefficients are then kept
     ``M``-orthogonal to the formulas in ``exclude`` and their squares (where
     the candidates express them), so the refit does not return an earlier
     quantity or a function of one. ``M`` is the metric of the quotient.
@@ -745,10 +746,7 @@ def _refit_terms(
         active, (coefficients, _) = trial, solved
     candidate = sympy.Add(*(sympy.Float(float(value)) * terms[term] for term, value in zip(active, coefficients)))
     tidy, tidy_residual = tidy_quantity(candidate, x, flow, names=[symbol.name for symbol in symbols])
-    # A long formula is replaced only by a clearly better one: a sparse sum of monomials
-    # that merely matches its residual (x**4*y**4 where the force dominates the flow)
-    # would read as a law while it is not one.
-    fewer = not long and len(_variable_terms(tidy)) < len(_variable_terms(expression))
+    fewer = long or len(_variable_terms(tidy)) < len(_variable_terms(expression))
     if tidy_residual < 0.5 * residual or (fewer and tidy_residual <= residual):
         return tidy, tidy_residual
     return expression, residual

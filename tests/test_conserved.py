@@ -365,3 +365,17 @@ def test_gradient_overlaps_of_dependent_formulas():
     assert float(overlaps[0, 0]) == pytest.approx(1.0)
     assert float(overlaps[0, 1]) > DEPENDENT_COSINE
     assert float(overlaps[0, 2]) < 0.5
+
+
+def test_pairs_width_with_noisy_flow():
+    # 1% multiplicative noise on the flow: the network's formula is long, and the
+    # monomial refit still returns both laws exactly.
+    state, flow = _quartic_central_force(0)
+    generator = torch.Generator().manual_seed(5)
+    noisy = flow * (1 + 0.01 * torch.randn(flow.shape, generator=generator, dtype=torch.float64))
+    found = find_conserved(state, noisy, n_quantities=2, width="pairs", names=["x", "y", "px", "py"], progress=False)
+    x, y, px, py = sympy.symbols("x y px py", real=True)
+    energy = px**2 / 4 + py**2 / 4 + (x**2 + y**2) ** 2 / 2
+    momenta = (px * y - py * x, py * x - px * y)
+    assert any(_same(formula, energy) for formula in found.formulas)
+    assert any(_same(formula, momentum) for formula in found.formulas for momentum in momenta)
