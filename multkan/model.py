@@ -366,9 +366,11 @@ class MultKAN(nn.Module):
         grid's range without it. Inputs beyond that range (a layer trained
         with ``update_grid=False``, or trained on after its last grid
         update, whose inputs left its grid) then get a different function.
-        So without ``x`` a :class:`GridWarning` is raised when the outputs
-        on the stored training inputs (:attr:`train_input`) change by more
-        than ``REFINE_CHANGE`` (1e-3) of their standard deviation.
+        With ``x`` the new knots do not contain the old ones, so the old
+        splines are matched only approximately. A :class:`GridWarning` is
+        raised when the outputs on ``x`` (or, without it, on the stored
+        training inputs :attr:`train_input`) change by more than
+        ``REFINE_CHANGE`` (1e-3) of their standard deviation.
         """
         if not isinstance(new_grid, int) or isinstance(new_grid, bool) or new_grid < 1:
             raise invalid_parameter("new_grid", "an integer >= 1", new_grid)
@@ -403,8 +405,10 @@ class MultKAN(nn.Module):
             layer.grid = grid
             layer.uniform = uniform
             layer.coef = nn.Parameter(fit_coefficients(samples, old_values, grid, k))
-        if x is None and self.train_input is not None:
-            _warn_refine_change(self, refined)
+        if x is not None:
+            _warn_refine_change(self, refined, x, given=True)
+        elif self.train_input is not None:
+            _warn_refine_change(self, refined, self.train_input, given=False)
         return refined
 
     # Training.
@@ -556,9 +560,9 @@ class MultKAN(nn.Module):
 REFINE_CHANGE = 1e-3
 
 
-def _warn_refine_change(model: MultKAN, refined: MultKAN) -> None:
-    """Warn when ``refined`` computes other outputs than ``model`` on the stored training inputs, naming the layers whose inputs leave the grid."""
-    inputs = model.train_input.to(model.device)
+def _warn_refine_change(model: MultKAN, refined: MultKAN, inputs: torch.Tensor, *, given: bool) -> None:
+    """Warn when ``refined`` computes other outputs than ``model`` on ``inputs`` (the refine call's ``x`` when ``given``, else the stored training inputs)."""
+    inputs = inputs.to(model.device, model.dtype)
     with torch.no_grad():
         before, after = model(inputs), refined(inputs)
         spread = before.std(dim=0).clamp_min(torch.finfo(before.dtype).tiny) if before.shape[0] > 1 else before.abs().clamp_min(1.0)[0]
@@ -572,10 +576,19 @@ def _warn_refine_change(model: MultKAN, refined: MultKAN) -> None:
             if bool(((low < grid[:, k]) | (high > grid[:, -k - 1])).any()):
                 outside.append(f"layer {position} (inputs in [{float(low.min()):.3g}, {float(high.max()):.3g}], grid [{float(grid[:, k].min()):.3g}, {float(grid[:, -k - 1].max()):.3g}])")
     where = "; inputs leave the grid in " + ", ".join(outside) if outside else ""
+    if given:
+        advice = (
+            "The new knots follow x and do not contain the old ones, so the old splines are matched only approximately. "
+            "Train the refined model again (fit) to recover the fit"
+        )
+    else:
+        advice = (
+            "Without x the new grid keeps the old grid's range, and the splines beyond it are lost. "
+            "Pass the inputs, model.refine(new_grid, x), to place the new grid on them, then train the refined model again"
+        )
+    rows = "x" if given else "the training inputs"
     warnings.warn(
-        f"refine changed the outputs on the training inputs by up to {change:.2g} of their standard deviation{where}. "
-        "Without x the new grid keeps the old grid's range, and the splines beyond it are lost. "
-        "Pass the inputs, model.refine(new_grid, x), to place the new grid on them",
+        f"refine changed the outputs on {rows} by up to {change:.2g} of their standard deviation{where}. {advice}",
         GridWarning,
         stacklevel=4,
     )

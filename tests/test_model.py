@@ -173,7 +173,10 @@ def test_refine_with_inputs_keeps_fit():
         with torch.no_grad():
             return float((module(data["test_input"]) - data["test_label"]).square().mean().sqrt())
 
-    refined = model.refine(10, data["train_input"])
+    # The new knots follow the inputs, not the old knots, so the outputs move by more
+    # than 1e-3 of their spread (reported), while the fit stays about as good.
+    with pytest.warns(GridWarning, match="changed the outputs on x"):
+        refined = model.refine(10, data["train_input"])
     assert rmse(refined) < 1.5 * rmse(model)
     with torch.no_grad():
         hidden = model.layer_inputs(data["train_input"])[1]
@@ -185,6 +188,18 @@ def test_refine_without_inputs_warns():
     model, data = _trained_beyond_grid()
     with pytest.warns(GridWarning, match="inputs leave the grid in layer 1"):
         model.refine(10)
+
+
+def test_refine_with_inputs_after_grid_updates_silent():
+    # The usual order: fit with grid updates, then refine on the training inputs.
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(400, 2, generator=generator, dtype=torch.float64) * 2 - 1
+    y = torch.exp(torch.sin(math.pi * x[:, [0]]) + x[:, [1]] ** 2)
+    model = MultKAN([2, 5, 1], grid=5, seed=0, dtype=torch.float64)
+    model.fit({"train_input": x, "train_label": y, "test_input": x, "test_label": y}, steps=30, progress=False)
+    refined = model.refine(10, x)
+    with torch.no_grad():
+        assert float((refined(x) - model(x)).abs().max()) < 1e-3 * float(model(x).std())
 
 
 def test_refine_inside_grid_silent():
