@@ -489,6 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning ({category.__name__}): {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return the exit status."""
     arguments = build_parser().parse_args(argv)
@@ -504,7 +508,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(threads)
-    return arguments.handler(arguments)
+    # Warnings are for the person at the terminal: category and message, no source line.
+    default_format, warnings.formatwarning = warnings.formatwarning, _format_warning
+    try:
+        return arguments.handler(arguments)
+    finally:
+        warnings.formatwarning = default_format
 
 
 if __name__ == "__main__":

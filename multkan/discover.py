@@ -110,6 +110,9 @@ class DiscoveryResult:
         else the one with the most accurate network.
     skipped : dict of str to str
         Each method that gave no formula, with the reason.
+    renamed : dict of str to str
+        Each input name that is not a Python identifier, with the name that
+        stands for it in the formulas (see :func:`multkan.names.formula_names`).
     """
 
     formula: sympy.Expr
@@ -126,6 +129,7 @@ class DiscoveryResult:
     model: Any = field(default=None, repr=False)
     network_method: str | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable summary."""
@@ -134,6 +138,7 @@ class DiscoveryResult:
             "formula_latex": sympy.latex(self.formula),
             "method": self.method,
             "variables": self.variables,
+            "renamed": self.renamed,
             "formula_test_rmse": self.formula_test_rmse,
             "model_test_rmse": self.model_test_rmse,
             "widths_tried": self.widths_tried,
@@ -487,6 +492,7 @@ def discover(
         seconds=time.perf_counter() - start,
         method=chosen.method,
         variables=[str(s) for s in symbols],
+        renamed={str(name): s.name for name, s in zip(var_names or [], symbols) if str(name) != s.name},
         model=network,
         network_method=network_method,
         skipped=skipped,

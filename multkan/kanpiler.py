@@ -325,7 +325,8 @@ def kanpile(
         )
     expression = _rational_exponents(expression)
     if variables is None:
-        variables = sorted(expression.free_symbols, key=lambda s: s.name)
+        # One variable per name: x and x with assumptions are the same input.
+        variables = sorted({symbol.name for symbol in expression.free_symbols})
     # Symbols are matched by name: Symbol("x", real=True) and Symbol("x") are different
     # objects to sympy, but the same variable to a reader.
     symbols = []

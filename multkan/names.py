@@ -42,7 +42,7 @@ def formula_names(names: Sequence[str], *, stacklevel: int = 2) -> list[str]:
         result.append(safe)
     if changed:
         warnings.warn(
-            f"variable names that are not Python identifiers would print ambiguously in formulas ('m*v-1'); "
+            f"variable names that are not Python identifiers, or are keywords, would print ambiguously in formulas ('m*v-1'); "
             f"they are renamed in formulas: {', '.join(changed)}",
             MultKANWarning,
             stacklevel=stacklevel + 1,

@@ -133,3 +133,11 @@ def test_symbols_match_by_name(order):
     inputs = torch.tensor([[0.3, -1.2], [1.5, 0.4]], dtype=model.dtype)
     expected = inputs[:, 0] * torch.sin(inputs[:, 1])
     assert torch.allclose(model(inputs)[:, 0], expected, atol=1e-6)
+
+
+def test_same_name_different_assumptions_is_one_input():
+    x_positive, x_plain = sympy.Symbol("x", positive=True), sympy.Symbol("x")
+    model = kanpile(x_positive + sympy.sin(x_plain))
+    assert model.input_names == ["x"]
+    inputs = torch.tensor([[0.5], [1.5]], dtype=model.dtype)
+    assert torch.allclose(model(inputs)[:, 0], inputs[:, 0] + torch.sin(inputs[:, 0]), atol=1e-6)

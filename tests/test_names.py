@@ -1,5 +1,8 @@
 """Variable names in formulas: identifiers kept, others renamed with a warning."""
 
+import subprocess
+import sys
+
 import pytest
 import sympy
 import torch
@@ -38,3 +41,19 @@ def test_discover_formula_uses_renamed_column():
         result = discover(data, ["m", "v-1"], methods=["power_law"], progress=False)
     m, v_1 = sympy.symbols("m v_1", real=True)
     assert sympy.simplify(result.formula - m * v_1) == 0
+    assert result.renamed == {"v-1": "v_1"}
+    assert result.to_dict()["renamed"] == {"v-1": "v_1"}
+
+
+
+def test_cli_prints_warning_without_source_line(tmp_path):
+    rows = torch.rand(60, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+    lines = ["m,v-1,y"] + [f"{a},{b},{a * b}" for a, b in rows.tolist()]
+    path = tmp_path / "data.csv"
+    path.write_text("\n".join(lines) + "\n")
+    command = [sys.executable, "-m", "multkan.cli", "discover", str(path), "--target", "y", "--quiet", "--methods", "power_law", "--out", str(tmp_path / "out")]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert "m*v_1" in completed.stdout
+    assert "warning (MultKANWarning): variable names" in completed.stderr
+    assert "cli.py:" not in completed.stderr

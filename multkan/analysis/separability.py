@@ -230,7 +230,9 @@ def interaction_scores(function, x: torch.Tensor | None = None, *, mode: str = "
         the inputs' standard deviations over the rows and ``r_ij`` the
         geometric mean of ``rms(df/dx_i) * s_i`` and ``rms(df/dx_j) *
         s_j`` (at least ``ADD_REFERENCE_FLOOR`` times ``std(f)``). ``x_i *
-        x_j`` scores 1 on uniform inputs, whatever other terms ``f`` has. ``"mul"``: ``rms(A - B) /
+        x_j`` scores 1 on uniform inputs as long as its effect is above 1% of
+        ``std(f)``: next to ``c * sin(x_0)`` it scored 1.0 for c up to 30,
+        0.63 for c = 100 and 0.06 for c = 1000. ``"mul"``: ``rms(A - B) /
         (rms(A) + rms(B))`` for ``A = f * d2f/dx_i dx_j`` and ``B = df/dx_i
         * df/dx_j``, between 0 and 1 (``x_i * x_j + 1`` scores 0.72). 0
         means separable for that pair, in both modes.
