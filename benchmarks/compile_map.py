@@ -2,14 +2,14 @@
 
 For each model size and mode (forward without gradients, forward plus
 backward of a mean squared output) this prints the eager time, the
-compiled time and the compilation time (the first compiled call, with
-inductor's caches disabled so every compilation is cold). Two compiled
-variants are timed:
+compiled time and the compilation time. The compilation time is that of
+the first compiled call, with inductor's caches disabled so that every
+compilation is cold. Two compiled variants are timed:
 
 ``model``
     ``torch.compile(model)`` on the model as shipped. The fused autograd
     nodes and the data-dependent choice of the basis evaluation (one
-    ``.item()`` per layer) break the graph, so the compiler sees pieces.
+    ``.item()`` per layer) break the graph, so the compiler gets pieces.
 ``plain``
     A forward pass rewritten in plain differentiable torch operations (the
     dense Cox-de Boor recursion, one ``einsum``), compiled with

@@ -77,7 +77,7 @@ RESIDUAL_FLOOR = 1e-6
 # The width of find_conserved that feeds every variable and every product of two into one spline each.
 PAIRS = "pairs"
 # Monomials of the state variables offered to a pairs formula's refit: up to
-# MAX_POWER in total degree, or up to 2 where that would be more than MAX_MONOMIALS.
+# the largest total degree (at most MAX_POWER, at least 2) with at most MAX_MONOMIALS of them.
 MAX_MONOMIALS = 500
 # A quantity whose residual on the test rows exceeds this is reported with a warning.
 WARN_RESIDUAL = 1e-2
@@ -386,9 +386,9 @@ def conservation_residual(quantity: Any, x: Any, flow: Any, *, names: Sequence[s
     has an RMS of 1 over the rows (see :func:`_unit_flow`), so the result
     does not change when one variable's unit changes. This is the relative
     rate of change of ``H`` along the flow: the RMS of the cosine between
-    ``grad H`` and ``f``, with each row weighted by ``|grad H|^2``. Rows where the gradient is nearly zero (the bottom of a
-    potential well) carry little weight, as their direction is mostly
-    rounding. It is the square root of the objective of :func:`find_conserved`.
+    ``grad H`` and ``f``, with each row weighted by ``|grad H|^2``. Rows
+    where the gradient is nearly zero (the bottom of a potential well)
+    carry little weight, as their direction is mostly rounding. It is the square root of the objective of :func:`find_conserved`.
 
     Parameters
     ----------
@@ -579,7 +579,12 @@ def tidy_quantity(expression: Any, x: Any, flow: Any, *, names: Sequence[str] | 
 
 
 def _monomials(symbols: list[sympy.Symbol]) -> set[sympy.Expr]:
-    """Return the monomials of total degree 2 to ``MAX_POWER`` in ``symbols``, or only degree 2 where those would exceed ``MAX_MONOMIALS``."""
+    """Return the monomials in ``symbols`` of total degree 2 to ``d``.
+
+    ``d`` is the largest degree up to ``MAX_POWER`` for which there are at
+    most ``MAX_MONOMIALS`` monomials (4 for up to 8 variables, 3 for 9 to
+    12), and at least 2.
+    """
     for degree in range(MAX_POWER, 1, -1):
         if math.comb(len(symbols) + degree, degree) <= MAX_MONOMIALS or degree == 2:
             return {term for term in sympy.itermonomials(symbols, degree) if sympy.Poly(term, *symbols).total_degree() >= 2}
@@ -612,8 +617,8 @@ def _candidate_terms(expression: sympy.Expr, symbols: list[sympy.Symbol], x: tor
 def _drop_small_terms(expression: sympy.Expr, residual: float, x: torch.Tensor, flow: torch.Tensor, names: list[str]) -> tuple[sympy.Expr, float]:
     """Return ``expression`` without its top-level terms whose gradient is below ``MIN_TERM_SHARE`` of the largest, and the residual.
 
-    A snapped network carries terms of size 1e-13 next to the law (edges
-    that the training left near zero). The terms are taken as they stand,
+    A snapped network carries terms of size 1e-13 next to the law (from
+    edges whose splines are near zero). The terms are taken as they stand,
     without expanding. The shorter formula is returned when its residual
     stays within ``RESIDUAL_SLACK`` times ``residual`` (or below
     ``RESIDUAL_FLOOR``), else ``expression``.
@@ -888,7 +893,7 @@ def find_conserved(
         with mult nodes as in :class:`MultKAN`. By default ``[n_state, 1]``:
         a sum of functions of one variable each, as the energy ``p**2/(2m) +
         V(q)`` is. ``"pairs"`` adds one function of every product of two
-        variables, ``sum_i f_i(x_i) + sum_{a<b} g_ab(x_a x_b)``, which holds
+        variables, ``sum_i f_i(x_i) + sum_{a<b} g_ab(x_a x_b)``, which contains
         an angular momentum ``x*p_y - y*p_x``. Both start at the exact
         optimum of their splines. Other widths start at random and often
         stall on a formula that is a function of several quantities.
@@ -930,12 +935,13 @@ def find_conserved(
         the states is below ``LEVEL_SET_RATIO`` of its spread over the
         states with their columns shuffled), as on a single trajectory:
         every function constant along the trajectory then fits the data,
-        and several trajectories with different values are needed. When a
-        later quantity's gradient is nearly parallel to an earlier one's
-        (mean squared cosine above ``DEPENDENT_COSINE``, 0.95). And when one
-        formula is exact (residual at most ``RESIDUAL_FLOOR``, 1e-6) while
-        another is more than ``EXACT_DATA_FACTOR`` (1e3) times worse and
-        above the floor: exact data would confirm a true law to that level.
+        and several trajectories with different values are needed. It also
+        warns when a later quantity's gradient is nearly parallel to an
+        earlier one's (mean squared cosine above ``DEPENDENT_COSINE``,
+        0.95), and when one formula is exact (residual at most
+        ``RESIDUAL_FLOOR``, 1e-6) while another is more than
+        ``EXACT_DATA_FACTOR`` (1e3) times worse and above the floor, because
+        exact data would confirm a true law to that level.
 
     Examples
     --------
@@ -985,7 +991,7 @@ def find_conserved(
             # separates their mixes afterwards.
             exact_start = _eigen_start(model, x_train, flow_train, [], independence, rank=index, weights=weights)
             if exact_start:
-                # The eigenvector is the optimum of the splines on this grid; L-BFGS from
+                # The eigenvector is the optimum of the splines on this grid. L-BFGS from
                 # there changed no formula in the tests and took 3/4 of the run time.
                 with torch.enable_grad():
                     start = float(_objective(model, x_train, flow_train, [], independence, weights).detach())

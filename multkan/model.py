@@ -555,8 +555,8 @@ class MultKAN(nn.Module):
         return plot_network(self, x if x is not None else getattr(self, "train_input", None), **options)
 
 
-# refine warns when the refined model's outputs on the training inputs move
-# by more than this share of the outputs' spread.
+# refine warns when the refined model's outputs on x (or the stored training
+# inputs) move by more than this share of the outputs' spread.
 REFINE_CHANGE = 1e-3
 
 
