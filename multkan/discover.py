@@ -136,6 +136,9 @@ class DiscoveryResult:
         return {
             "formula": str(self.formula),
             "formula_latex": sympy.latex(self.formula),
+            # sympify(str(formula)) reads variables named E, I, S or N as sympy's
+            # constants; sympify of this form restores the same expression.
+            "formula_srepr": sympy.srepr(self.formula),
             "method": self.method,
             "variables": self.variables,
             "renamed": self.renamed,

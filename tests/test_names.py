@@ -57,3 +57,17 @@ def test_cli_prints_warning_without_source_line(tmp_path):
     assert "m*v_1" in completed.stdout
     assert "warning (MultKANWarning): variable names" in completed.stderr
     assert "cli.py:" not in completed.stderr
+
+
+def test_report_formula_reads_back_with_constant_names():
+    # Variables named E and I: plain sympify of the printed formula would read Euler's
+    # number and the imaginary unit, while the srepr form restores the formula.
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(300, 2, generator=generator, dtype=torch.float64) + 0.5
+    y = x[:, :1] * x[:, 1:] ** 2
+    data = {"train_input": x[:200], "train_label": y[:200], "test_input": x[200:], "test_label": y[200:]}
+    result = discover(data, ["E", "I"], methods=["power_law"], progress=False)
+    summary = result.to_dict()
+    assert sympy.sympify(summary["formula_srepr"]) == result.formula
+    energy, current = sympy.symbols("E I", real=True)
+    assert sympy.simplify(result.formula - energy * current**2) == 0
