@@ -633,10 +633,10 @@ def _drop_small_terms(expression: sympy.Expr, residual: float, x: torch.Tensor, 
     sizes = gradients.square().sum(-1).mean(-1).sqrt()
     if not bool(torch.isfinite(sizes).all()):
         return expression, residual
-    kept = [term for term, size in zip(terms, sizes) if size >= MIN_TERM_SHARE * sizes.max()]
-    if len(kept) == len(terms):
+    significant = [term for term, size in zip(terms, sizes) if size >= MIN_TERM_SHARE * sizes.max()]
+    if len(significant) == len(terms):
         return expression, residual
-    shorter = sympy.Add(*kept)
+    shorter = sympy.Add(*significant)
     shorter_residual = float(conservation_residual(shorter, x, flow, names=names)[0])
     if shorter_residual <= max(RESIDUAL_SLACK * residual, RESIDUAL_FLOOR):
         return shorter, shorter_residual

@@ -406,9 +406,9 @@ class MultKAN(nn.Module):
             layer.uniform = uniform
             layer.coef = nn.Parameter(fit_coefficients(samples, old_values, grid, k))
         if x is not None:
-            _warn_refine_change(self, refined, x, given=True)
+            _warn_refine_change(self, refined, x, from_x=True)
         elif self.train_input is not None:
-            _warn_refine_change(self, refined, self.train_input, given=False)
+            _warn_refine_change(self, refined, self.train_input, from_x=False)
         return refined
 
     # Training.
@@ -560,8 +560,8 @@ class MultKAN(nn.Module):
 REFINE_CHANGE = 1e-3
 
 
-def _warn_refine_change(model: MultKAN, refined: MultKAN, inputs: torch.Tensor, *, given: bool) -> None:
-    """Warn when ``refined`` computes other outputs than ``model`` on ``inputs`` (the refine call's ``x`` when ``given``, else the stored training inputs)."""
+def _warn_refine_change(model: MultKAN, refined: MultKAN, inputs: torch.Tensor, *, from_x: bool) -> None:
+    """Warn when ``refined`` computes other outputs than ``model`` on ``inputs`` (the refine call's ``x`` when ``from_x``, else the stored training inputs)."""
     inputs = inputs.to(model.device, model.dtype)
     with torch.no_grad():
         before, after = model(inputs), refined(inputs)
@@ -576,7 +576,7 @@ def _warn_refine_change(model: MultKAN, refined: MultKAN, inputs: torch.Tensor, 
             if bool(((low < grid[:, k]) | (high > grid[:, -k - 1])).any()):
                 outside.append(f"layer {position} (inputs in [{float(low.min()):.3g}, {float(high.max()):.3g}], grid [{float(grid[:, k].min()):.3g}, {float(grid[:, -k - 1].max()):.3g}])")
     where = "; inputs leave the grid in " + ", ".join(outside) if outside else ""
-    if given:
+    if from_x:
         advice = (
             "The new knots follow x and do not contain the old ones, so the old splines are matched only approximately. "
             "Train the refined model again (fit) to recover the fit"
@@ -586,7 +586,7 @@ def _warn_refine_change(model: MultKAN, refined: MultKAN, inputs: torch.Tensor, 
             "Without x the new grid keeps the old grid's range, and the splines beyond it are lost. "
             "Pass the inputs, model.refine(new_grid, x), to place the new grid on them, then train the refined model again"
         )
-    rows = "x" if given else "the training inputs"
+    rows = "x" if from_x else "the training inputs"
     warnings.warn(
         f"refine changed the outputs on {rows} by up to {change:.2g} of their standard deviation{where}. {advice}",
         GridWarning,
