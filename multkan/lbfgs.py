@@ -153,7 +153,15 @@ class FlatLBFGS:
             self.scaling = curvature / float(change @ change)
 
     def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Run up to ``max_iter`` iterations; return the loss at the parameters before the step."""
+        """Run up to ``max_iter`` iterations; return the loss at the parameters before the step.
+
+        Products that overflow (gradients near 1e200) give inf or NaN
+        without a numpy warning, and the caller's check of the loss detects them.
+        """
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._step(closure)
+
+    def _step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         first_loss, loss, gradient = self._evaluate(closure)
         evaluations = 1
         if float(np.abs(gradient).max()) <= self.tolerance_grad:

@@ -210,7 +210,9 @@ def _refit_constants(expression: sympy.Expr, symbol: sympy.Symbol, z: np.ndarray
 
     start = np.array(values, dtype=float)
     try:
-        solution = least_squares(residual, start, jac=jacobian, method="lm", max_nfev=50 * (len(thetas) + 1)).x
+        # Trial parameters far from the solution can overflow inside scipy's own products.
+        with np.errstate(all="ignore"):
+            solution = least_squares(residual, start, jac=jacobian, method="lm", max_nfev=50 * (len(thetas) + 1)).x
     except (ValueError, np.linalg.LinAlgError):
         solution = start
     if not np.isfinite(solution).all():

@@ -219,3 +219,105 @@ def test_time_limit_between_network_stages(monkeypatch):
     with pytest.raises(InvalidDataError, match="mult_node: stopped: the time limit of 100 s was reached"):
         discover(_dataset(x, x[:, 0] * x[:, 1]), ["a", "b"], methods=("mult_node",), steps=2, time_limit=100, progress=False)
     assert len(fits) == 1
+
+
+# Constants, noise and magnitudes of the power law and the networks.
+
+
+def test_power_law_keeps_two_pi_on_a_narrow_range():
+    # g in [9.7, 9.9]: the constant is 2*pi to rounding, and 44/7 lies 4e-4 from it.
+    rng = np.random.default_rng(0)
+    length, g = rng.uniform(0.1, 2, 500), rng.uniform(9.7, 9.9, 500)
+    data = _dataset(np.column_stack([length, g]), 2 * np.pi * np.sqrt(length / g))
+    result = discover(data, ["L", "g"], methods=("power_law",), progress=False)
+    L, g = sympy.symbols("L g", real=True)
+    assert sympy.simplify(result.formula - 2 * sympy.pi * sympy.sqrt(L) / sympy.sqrt(g)) == 0
+
+
+def test_power_law_keeps_a_measured_constant():
+    # 9.80665 lies 7e-4 from 49/5; on exact data that is far outside the constant's uncertainty.
+    rng = np.random.default_rng(1)
+    m, h = rng.uniform(1, 5, 300), rng.uniform(1, 10, 300)
+    result = discover(_dataset(np.column_stack([m, h]), 9.80665 * m * h), ["m", "h"], methods=("power_law",), progress=False)
+    (number,) = result.formula.atoms(sympy.Float)
+    assert float(number) == pytest.approx(9.80665, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_power_law_with_one_percent_noise(seed):
+    rng = np.random.default_rng(seed)
+    n, temperature, volume = rng.uniform(0.5, 5, 500), rng.uniform(250, 400, 500), rng.uniform(0.01, 0.1, 500)
+    pressure = 8.314 * n * temperature / volume * (1 + 0.01 * rng.standard_normal(500))
+    data = _dataset(np.column_stack([n, temperature, volume]), pressure)
+    result = discover(data, ["n", "T", "V"], methods=("power_law",), progress=False)
+    n, T, V = sympy.symbols("n T V", real=True)
+    constant = sympy.simplify(result.formula / (n * T / V))
+    assert constant.is_number
+    assert float(constant) == pytest.approx(8.314, rel=3e-3)
+
+
+def test_power_law_constant_snaps_within_noise():
+    # With 1% noise on 500 rows the data cannot tell 0.5 from the fitted constant.
+    rng = np.random.default_rng(0)
+    m, v = rng.uniform(0.5, 80, 500), rng.uniform(1, 40, 500)
+    data = _dataset(np.column_stack([m, v]), m * v**2 / 2 * (1 + 0.01 * rng.standard_normal(500)))
+    result = discover(data, ["m", "v"], methods=("power_law",), progress=False)
+    m, v = sympy.symbols("m v", real=True)
+    assert sympy.simplify(result.formula - m * v**2 / 2) == 0
+
+
+def test_power_law_rejects_scatter_above_limit():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(1, 2, (300, 2))
+    y = x[:, 0] * x[:, 1] * (1 + 0.2 * rng.standard_normal(300)).clip(0.1)
+    result = discover(_dataset(x, y), ["a", "b"], methods=("power_law", "additive"), progress=False)
+    assert result.skipped["power_law"].startswith("no power law fits (RMS residual of log|y|")
+
+
+def _gravity(rows=300):
+    rng = np.random.default_rng(0)
+    big, small, distance = rng.uniform(1e30, 4e30, rows), rng.uniform(1e24, 6e24, rows), rng.uniform(1e11, 3e11, rows)
+    return _dataset(np.column_stack([big, small, distance]), 6.674e-11 * big * small / distance**2)
+
+
+def test_network_methods_on_astronomical_magnitudes():
+    # The raw values gave an infinite loss; the networks now see inputs divided by powers of ten.
+    result = discover(_gravity(), ["M", "m", "R"], methods=("multiplicative",), progress=False)
+    M, m, R = sympy.symbols("M m R", real=True)
+    constant = sympy.simplify(result.formula / (M * m / R**2))
+    assert constant.is_number and float(constant) == pytest.approx(6.674e-11, rel=1e-6)
+    assert result.model.input_names == ["M / 1e+31", "m / 1e+25", "R / 1e+11"]
+    assert result.model.output_names == ["log|y / 1e+23|"]
+    report = result.to_dict()
+    assert report["network_inputs"] == ["M / 1e+31", "m / 1e+25", "R / 1e+11"]
+    assert report["network_output"] == "log|y / 1e+23|"
+    # The network's own prediction, in those units, matches the data.
+    data = _gravity()
+    scaled = data["test_input"] / torch.tensor([1e31, 1e25, 1e11], dtype=torch.float64)
+    with torch.no_grad():
+        prediction = 1e23 * torch.exp(result.model(scaled))
+    assert torch.allclose(prediction, data["test_label"], rtol=1e-2)
+
+
+def test_failed_network_is_a_reason_not_a_crash(monkeypatch):
+    from multkan import MultKAN
+
+    def diverging_fit(self, dataset, **options):
+        return {"train_loss": [], "test_loss": [], "reg": []}
+
+    monkeypatch.setattr(MultKAN, "fit", diverging_fit)
+    rng = np.random.default_rng(4)
+    x = rng.uniform(1, 2, (200, 2))
+    result = discover(_dataset(x, x[:, 0] * x[:, 1]), ["a", "b"], methods=("power_law", "additive"), progress=False)
+    assert result.skipped["additive"] == "failed: training gave no finite loss on this data"
+    assert str(result.formula) == "a*b"
+
+
+def test_network_names_use_the_target_name():
+    rng = np.random.default_rng(5)
+    x = rng.uniform(1, 2, (200, 2))
+    result = discover(_dataset(x, x[:, 0] * x[:, 1]), ["a", "b"], target_name="F", methods=("multiplicative",), progress=False)
+    assert result.model.input_names == ["a", "b"]
+    assert result.model.output_names == ["log|F|"]
+    with pytest.raises(InvalidParameterError, match="target_name"):
+        discover(_dataset(x, x[:, 0]), ["a", "b"], target_name="", progress=False)

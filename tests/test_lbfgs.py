@@ -140,3 +140,15 @@ def test_cubic_minimiser_matches_torch():
         bounds = (min(t1, t2), max(t1, t2))
         expected = float(reference(t1, f1, torch.tensor(g1, dtype=torch.float64), t2, f2, torch.tensor(g2, dtype=torch.float64)))
         assert _cubic_minimiser(t1, f1, g1, t2, f2, g2, *bounds) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_overflowing_gradient_gives_no_numpy_warning():
+    # Gradients near 1e200 overflow in the dot products; the loss check of fit handles the inf, numpy must stay quiet.
+    flat = torch.tensor([1e200, -1e200], dtype=torch.float64, requires_grad=True)
+    flat.grad = torch.zeros_like(flat)
+
+    def closure():
+        flat.grad.copy_(flat.detach() * 1e10)
+        return (flat.detach() ** 2).sum()
+
+    FlatLBFGS(flat, max_iter=3).step(closure)  # pytest turns any RuntimeWarning into an error

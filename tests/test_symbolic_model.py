@@ -413,3 +413,25 @@ def test_snap_constants_warns_on_poor_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("error", SymbolicFitWarning)
         exact.snap_constants(data)
+
+
+def test_snap_prefers_simple_multiples_of_pi():
+    from multkan.symbolic.formula import _snap_candidates, _snap_constant
+
+    assert _snap_constant(2 * math.pi, 1e-3) == 2 * sympy.pi
+    candidates = _snap_candidates(2 * math.pi, 1e-3)
+    assert candidates[0] == 2 * sympy.pi and sympy.Rational(44, 7) in candidates
+    assert _snap_constant(math.pi, 1e-3) == sympy.pi
+    assert _snap_constant(0.5, 1e-6) == sympy.Rational(1, 2)
+    assert _snap_constant(9.80665, 1e-6) is None
+
+
+def test_snap_formula_constants_keeps_small_constants_of_products():
+    from multkan.symbolic.formula import snap_formula_constants
+
+    M, m, R, x, y = sympy.symbols("M m R x y")
+    assert snap_formula_constants(sympy.Float(6.674e-11) * M * m / R**2) == sympy.Float(6.674e-11) * M * m / R**2
+    assert snap_formula_constants(sympy.Float(3.14159265) * x + sympy.Float(1e-9)) == sympy.pi * x
+    assert snap_formula_constants(sympy.sin(sympy.Float(2.0) * x + sympy.Float(1e-12))) == sympy.sin(2 * x)
+    small = sympy.Float(1e-9) * x + sympy.Float(2e-9) * y
+    assert snap_formula_constants(small) == small

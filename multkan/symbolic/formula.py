@@ -30,6 +30,10 @@ __all__ = [
     "symbolic_formula",
 ]
 
+# simplify_constants tries this many simple values near a constant (the
+# simplest first, see _snap_candidates) before it leaves the constant free.
+SNAP_TRIALS = 2
+
 
 def _symbols(model: MultKAN, var_names: Sequence[str | sympy.Symbol] | None) -> list[sympy.Symbol]:
     names = model.input_names if var_names is None else list(var_names)
@@ -340,33 +344,77 @@ def _sync_graph_params(model: MultKAN) -> None:
             model.graph.edges[source, target]["function"] = {"type": "symbolic", "name": name, "params": params}
 
 
-def _snap_constant(value: float, tolerance: float = 1e-4) -> sympy.Expr | None:
-    """Return ``r * pi^k`` or ``r * sqrt(2 pi)^k`` with a simple rational r near ``value``."""
+_SNAP_BASES = (
+    (sympy.Integer(1), 1.0), (sympy.pi, math.pi), (1 / sympy.pi, 1 / math.pi), (sympy.pi**2, math.pi**2),
+    (1 / sympy.pi**2, 1 / math.pi**2), (sympy.sqrt(2 * sympy.pi), math.sqrt(2 * math.pi)),
+    (1 / sympy.sqrt(2 * sympy.pi), 1 / math.sqrt(2 * math.pi)), (sympy.sqrt(2), math.sqrt(2)), (1 / sympy.sqrt(2), 1 / math.sqrt(2)),
+)
+
+
+def _snap_candidates(value: float, tolerance: float) -> list[sympy.Expr]:
+    """Return every ``r * base`` within ``tolerance`` (relative) of ``value``, simplest first.
+
+    ``base`` is 1, pi, 1/pi, pi^2, 1/pi^2, sqrt(2 pi), 1/sqrt(2 pi), sqrt(2)
+    or 1/sqrt(2), and ``r = p/q`` a rational with ``q <= 12`` and ``|p| <= 60``
+    (``|p| <= 12`` with an irrational base). The cost of a candidate is
+    ``|p| + q``, plus 2 for an irrational base, so 2*pi (cost 5) comes
+    before 44/7 (cost 51), which lies 4e-4 from it; ties go to the smaller error.
+    """
     if value == 0 or not math.isfinite(value):
-        return None
-    bases = [(sympy.Integer(1), 1.0), (sympy.pi, math.pi), (1 / sympy.pi, 1 / math.pi), (sympy.pi**2, math.pi**2),
-             (1 / sympy.pi**2, 1 / math.pi**2), (sympy.sqrt(2 * sympy.pi), math.sqrt(2 * math.pi)),
-             (1 / sympy.sqrt(2 * sympy.pi), 1 / math.sqrt(2 * math.pi)), (sympy.sqrt(2), math.sqrt(2)), (1 / sympy.sqrt(2), 1 / math.sqrt(2))]
-    for symbolic, numeric in bases:
+        return []
+    found = []
+    for symbolic, numeric in _SNAP_BASES:
         ratio = sympy.Rational(value / numeric).limit_denominator(12)
-        simple = ratio != 0 and (abs(ratio.p) <= 60 if numeric == 1.0 else abs(ratio.p) <= 12)
-        if simple and abs(float(ratio) * numeric - value) <= tolerance * abs(value):
-            return ratio * symbolic
-    return None
+        plain = numeric == 1.0
+        simple = ratio != 0 and (abs(ratio.p) <= 60 if plain else abs(ratio.p) <= 12)
+        error = abs(float(ratio) * numeric - value)
+        if simple and error <= tolerance * abs(value):
+            found.append((abs(ratio.p) + ratio.q + (0 if plain else 2), error, ratio * symbolic))
+    return [expression for _, _, expression in sorted(found, key=lambda item: item[:2])]
+
+
+def _snap_constant(value: float, tolerance: float = 1e-4) -> sympy.Expr | None:
+    """Return the simplest ``r * pi^k`` or ``r * sqrt(2 pi)^k`` within ``tolerance`` of ``value`` (see :func:`_snap_candidates`)."""
+    candidates = _snap_candidates(value, tolerance)
+    return candidates[0] if candidates else None
+
+
+# A term of a sum whose numeric coefficient is below this fraction of the
+# largest coefficient in the same sum is dropped by snap_formula_constants.
+NEGLIGIBLE_TERM = 1e-7
 
 
 def snap_formula_constants(expression: sympy.Expr, tolerance: float = 1e-4) -> sympy.Expr:
-    """Replace floats in ``expression`` by simple exact constants where they are within ``tolerance`` (relative)."""
+    """Replace floats in ``expression`` by simple exact constants where they are within ``tolerance`` (relative).
+
+    A term of a sum whose float coefficient is below ``1e-7`` times the
+    largest coefficient of that sum is dropped first (``3.14159*x +
+    1e-9`` becomes ``pi*x``). A small constant that is not such a term
+    stays: ``6.674e-11*M*m/R**2`` keeps its constant.
+    """
+    expression = _drop_negligible_terms(expression)
     replacements = {}
     for number in expression.atoms(sympy.Float):
-        value = float(number)
-        if abs(value) < 1e-7:
-            replacements[number] = sympy.Integer(0)
-            continue
-        snapped = _snap_constant(value, tolerance)
+        snapped = _snap_constant(float(number), tolerance)
         if snapped is not None:
             replacements[number] = snapped
     return expression.xreplace(replacements)
+
+
+def _drop_negligible_terms(expression: sympy.Expr) -> sympy.Expr:
+    """Remove, in every sum of ``expression``, the terms with a float coefficient below ``NEGLIGIBLE_TERM`` times the largest."""
+    if not expression.args:
+        return expression
+    arguments = [_drop_negligible_terms(argument) for argument in expression.args]
+    if not expression.is_Add:
+        return expression.func(*arguments)
+    coefficients = [term.as_coeff_Mul()[0] for term in arguments]
+    largest = max(abs(float(c)) for c in coefficients)
+    kept = [
+        term for term, coefficient in zip(arguments, coefficients)
+        if not (isinstance(coefficient, sympy.Float) and abs(float(coefficient)) < NEGLIGIBLE_TERM * largest)
+    ]
+    return sympy.Add(*kept)
 
 
 def _parameterise(expression: sympy.Expr) -> tuple[sympy.Expr, list[sympy.Symbol], list[float]]:
@@ -394,7 +442,9 @@ def _fit_parameters(function, x_columns, y, values, free, bounds_scale=None):
 
     if free_index:
         try:
-            solution = least_squares(residual, values[free_index], method="lm", max_nfev=200 * (len(free_index) + 1))
+            # Trial parameters far from the solution can overflow inside scipy's own products.
+            with np.errstate(all="ignore"):
+                solution = least_squares(residual, values[free_index], method="lm", max_nfev=200 * (len(free_index) + 1))
             values[free_index] = solution.x
         except (ValueError, np.linalg.LinAlgError):
             pass
@@ -436,9 +486,9 @@ def simplify_constants(expression: sympy.Expr, symbols, x: torch.Tensor, y: torc
         # constant absorbs to 1, not to sqrt(2) / pi next to a 2.22144 that cancels it.
         value = float(values[index])
         options = [0.0, math.copysign(1.0, value)]
-        snapped = _snap_constant(value, 1e-2)
-        if snapped is not None and float(snapped) not in options:
-            options.append(float(snapped))
+        for snapped in _snap_candidates(value, 1e-2)[:SNAP_TRIALS]:
+            if float(snapped) not in options:
+                options.append(float(snapped))
         for option in options:
             trial_values = values.copy()
             trial_values[index] = option
