@@ -9,6 +9,7 @@ import math
 import os
 import re
 import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -89,6 +90,12 @@ def _discover_data(arguments: argparse.Namespace):
     return dataset, list(equation.variable_names), equation.expr, equation.id
 
 
+# Characters per line of the network figure's title.
+TITLE_WIDTH = 100
+
+# Training rows drawn for a Feynman equation unless --samples sets another number.
+DEFAULT_SAMPLES = 1000
+
 OUTPUT_FILES = ("report.json", "network.png", "model.safetensors")
 
 # The summary flags a formula whose test RMSE exceeds this fraction of the largest |target|.
@@ -117,7 +124,7 @@ def _run_folder(out: Path, run_name: str, source: str) -> Path:
             return folder
 
 
-def _write_outputs(folder: Path, result, dataset, target_name: str | None = None, source: str | None = None) -> tuple[dict, list[str], list[str]]:
+def _write_outputs(folder: Path, result, dataset, source: str | None = None) -> tuple[dict, list[str], list[str]]:
     """Write the report, the network figure and the model into ``folder``.
 
     Every file is written to a temporary file first and then renamed, so a
@@ -144,9 +151,8 @@ def _write_outputs(folder: Path, result, dataset, target_name: str | None = None
     if model is not None:
         figure = model.plot(
             dataset["train_input"].to(model.dtype),
-            input_names=_network_input_names(model, result.variables),
-            output_names=_network_output_names(model, network_method, target_name),
-            title=_network_title(result, network_method),
+            # Long formulas are wrapped, or they make the figure as wide as the title.
+            title=textwrap.fill(_network_title(result, network_method), TITLE_WIDTH),
         )
         _replace_file(folder / "network.png", lambda path: figure.savefig(path, format="png", dpi=120, bbox_inches="tight"))
         written.append("network.png")
@@ -200,21 +206,6 @@ def _network_method(result) -> str | None:
     return None
 
 
-def _network_input_names(model, variables: list[str]) -> list[str]:
-    if len(variables) == len(model.input_names):
-        return list(variables)
-    return list(model.input_names)
-
-
-def _network_output_names(model, network_method: str | None, target_name: str | None) -> list[str]:
-    if target_name is None or model.n_outputs != 1:
-        return list(model.output_names)
-    if network_method == "multiplicative":
-        # This method fits its network to log|y| and turns the edges into factors of y.
-        return [f"log|{target_name}|"]
-    return [target_name]
-
-
 def _network_title(result, network_method: str | None) -> str:
     if network_method is None:
         return f"most accurate network (method not recorded); formula from {result.method}: {result.formula}"
@@ -240,6 +231,11 @@ def _discover(arguments: argparse.Namespace) -> int:
     if arguments.steps < 1:
         print(f"multkan discover: invalid --steps {arguments.steps}: expected an integer >= 1", file=sys.stderr)
         return 2
+    if arguments.samples is not None and arguments.data is not None:
+        print("multkan discover: --samples draws rows of a Feynman equation; a data file is used as it is, so leave --samples out", file=sys.stderr)
+        return 2
+    if arguments.samples is None:
+        arguments.samples = DEFAULT_SAMPLES
     if arguments.samples < 2:
         print(f"multkan discover: invalid --samples {arguments.samples}: expected an integer >= 2", file=sys.stderr)
         return 2
@@ -262,6 +258,7 @@ def _discover(arguments: argparse.Namespace) -> int:
         result = discover(
             dataset,
             names,
+            target_name=_target_name(arguments),
             true_formula=truth,
             seed=arguments.seed,
             steps=arguments.steps,
@@ -275,7 +272,7 @@ def _discover(arguments: argparse.Namespace) -> int:
         return _discover_failed(arguments, error)
     source = str(Path(arguments.data).resolve()) if arguments.data is not None else f"feynman:{run_name}"
     folder = _run_folder(Path(arguments.out), run_name, source)
-    report, written, removed = _write_outputs(folder, result, dataset, _target_name(arguments), source)
+    report, written, removed = _write_outputs(folder, result, dataset, source)
 
     if arguments.json:
         print(json.dumps(report, indent=2))
@@ -294,7 +291,7 @@ def _discover(arguments: argparse.Namespace) -> int:
     if result.model_test_rmse is not None:
         print(f"test RMSE of the best network: {result.model_test_rmse:.3e}")
     if truth is not None:
-        print(f"true formula: {truth}   recovered exactly: {'yes' if result.exact else 'no'}")
+        print(f"true formula: {truth}   recovered: {_recovery(result.exact, result.strict)}")
     print(f"time: {result.seconds:.1f} s; outputs in {folder}: {', '.join(written)}")
     if removed:
         print(f"removed {', '.join(removed)} of an earlier run from {folder}, because no method of this run produced a network")
@@ -379,22 +376,29 @@ def _bench(arguments: argparse.Namespace) -> int:
                 rows.append(future.result())
 
     recovered = sum(row["exact"] for row in rows)
-    print(f"| id | n_var | exact | method | test RMSE | seconds | formula |")
+    equal = sum(row["strict"] for row in rows)
+    print(f"| id | n_var | recovered | method | test RMSE | seconds | formula |")
     print(f"|---|---|---|---|---|---|---|")
     for row in rows:
-        if row["exact"]:
-            status = "yes"
-        elif row["error"]:
-            status = "error"
-        else:
-            status = "no"
+        status = "error" if row["error"] else _recovery(row["exact"], row["strict"])
         print(f"| {row['id']} | {row['n_var']} | {status} | {row['method']} | {row['test_rmse']:.2e} | {row['seconds']:.1f} | `{row['formula'] or row['error']}` |")
-    print(f"\nexact recovery: {recovered}/{len(rows)} ({100 * recovered / max(len(rows), 1):.0f}%)")
+    count = max(len(rows), 1)
+    print(f"\nexact recovery (SRBench: equal up to a constant term or factor): {recovered}/{len(rows)} ({100 * recovered / count:.0f}%)")
+    print(f"equal to the true formula: {equal}/{len(rows)} ({100 * equal / count:.0f}%)")
     if arguments.out:
         path = Path(arguments.out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
+
+
+def _recovery(exact: bool, strict: bool) -> str:
+    """Describe a comparison with the true formula: equal, equal up to a constant (SRBench's criterion), or no."""
+    if strict:
+        return "equal"
+    if exact:
+        return "up to a constant term or factor (SRBench), not equal"
+    return "no"
 
 
 def _demo(arguments: argparse.Namespace) -> int:
@@ -421,7 +425,10 @@ def _demo(arguments: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``multkan`` command."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="multkan", description="Kolmogorov-Arnold networks with sum and mult nodes.")
+    parser.add_argument("--version", action="version", version=f"multkan {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     discover = commands.add_parser(
@@ -432,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--target", help="column to predict (required with a data file)")
     discover.add_argument("--inputs", help="comma-separated input columns (default: every column but the target)")
     discover.add_argument("--feynman", metavar="ID", help="Feynman equation id, such as I.6.20a or test_1")
-    discover.add_argument("--samples", type=int, default=1000, help="training samples drawn for a Feynman equation (default 1000)")
+    discover.add_argument("--samples", type=int, default=None, help=f"training samples drawn for a Feynman equation (default {DEFAULT_SAMPLES}); not with a data file")
     discover.add_argument("--steps", type=int, default=50, help="L-BFGS steps per training phase (default 50)")
     discover.add_argument("--seed", type=int, default=0, help="seed of data sampling, splits and models (default 0)")
     discover.add_argument(

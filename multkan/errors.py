@@ -68,6 +68,27 @@ def invalid_parameter(name: str, allowed: str, received: Any) -> InvalidParamete
     return InvalidParameterError(f"invalid {name}: expected {allowed}, received {received!r}")
 
 
+def check_device(device: Any) -> None:
+    """Raise :class:`InvalidParameterError` when ``device`` is not a device this torch build can use.
+
+    torch raises an AssertionError ("Torch not compiled with CUDA
+    enabled") for such a device. This error names the parameter and the devices that work.
+    """
+    if device is None:
+        return
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        raise InvalidParameterError(
+            f"invalid device: expected one of {available} on this machine (a name torch accepts, such as 'cpu' or 'cuda:0'), "
+            f"received {device!r}. torch reported: {reason}"
+        ) from None
+
+
 def is_integer(value: object) -> bool:
     """Return whether ``value`` is an integer (Python or NumPy), excluding bool, for parameter checks."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .compile import CompileOptions, compile_graph, write_back
-from .errors import GridWarning, InvalidDataError, InvalidParameterError, invalid_parameter
+from .errors import GridWarning, InvalidDataError, InvalidParameterError, check_device, invalid_parameter, is_integer
 from .graph import EdgeId, build_graph, graph_layers
 from .nn._layer import BASE_FUNCTIONS, MultKANLayer
 from .splines import extend_grid, fit_coefficients, grid_from_samples, uniform_grid
@@ -159,6 +159,7 @@ class MultKAN(nn.Module):
         dtype = dtype or torch.get_default_dtype()
         if dtype not in (torch.float32, torch.float64):
             raise invalid_parameter("dtype", "torch.float32 or torch.float64", dtype)
+        check_device(device)
 
         self.options = options
         self.train_input: torch.Tensor | None = None
@@ -425,10 +426,23 @@ class MultKAN(nn.Module):
 
     # Symbolic regression, implemented in multkan.symbolic.
 
-    def suggest_symbolic(self, edge: EdgeId | Sequence[int], lib=None, **options: Any):
-        """Rank library functions for one edge; see :func:`multkan.symbolic.suggest_symbolic`."""
+    def suggest_symbolic(self, edge: EdgeId | Sequence[int] | int, *arguments: Any, **options: Any):
+        """Rank library functions for one edge; see :func:`multkan.symbolic.suggest_symbolic`.
+
+        Call it as ``suggest_symbolic(edge, lib=None, ...)`` or in pykan's form
+        ``suggest_symbolic(l, i, j, lib=...)``.
+        """
         from .symbolic.edges import suggest_symbolic
 
+        if is_integer(edge):
+            if len(arguments) != 2 or not all(is_integer(a) for a in arguments):
+                raise invalid_parameter(
+                    "suggest_symbolic arguments", "an edge such as (0, 1, 0) then lib, or pykan's l, i, j with lib as a keyword", (edge, *arguments)
+                )
+            edge, arguments = (edge, *arguments), ()
+        if len(arguments) > 1:
+            raise invalid_parameter("suggest_symbolic arguments", "(edge, lib) at most, other options as keywords", (edge, *arguments))
+        lib = arguments[0] if arguments else options.pop("lib", None)
         return suggest_symbolic(self, edge, lib, **options)
 
     def fix_symbolic(self, edge: EdgeId | Sequence[int] | int, name: str | int, *arguments: Any, fit_params: bool = True, **options: Any):
@@ -498,6 +512,10 @@ class MultKAN(nn.Module):
 
         return attribution(self, self._default_inputs(x, "attribution"))
 
+    def attribute(self, x: torch.Tensor | None = None):
+        """pykan's name for :meth:`attribution`. Where pykan code reads ``model.feature_score`` afterwards, call ``model.feature_score()``."""
+        return self.attribution(x)
+
     def feature_score(self, x: torch.Tensor | None = None) -> torch.Tensor:
         """Return one importance score per input, shape (n_inputs,)."""
         from .analysis import feature_score
@@ -527,11 +545,36 @@ class MultKAN(nn.Module):
 
         return prune_node(self, node)
 
-    def prune_input(self, inputs: int | str | Sequence[int | str]) -> MultKAN:
-        """Return a copy without the given inputs (indices or names)."""
-        from .analysis import prune_input
+    def prune_input(
+        self, inputs: int | str | Sequence[int | str] | None = None, *, threshold: float | None = None, x: torch.Tensor | None = None
+    ) -> MultKAN:
+        """Return a copy without some inputs: the given ones (indices or names), or the weak ones.
 
-        return prune_input(self, inputs)
+        With ``threshold`` instead of ``inputs``, an input is removed when its
+        :meth:`feature_score` on ``x`` (the training inputs by default) is
+        below ``threshold`` times the largest input's score. Unlike pykan's
+        threshold, which is in the output's units, this one is relative.
+
+        When ``x`` is given or the model has stored training inputs, each
+        removed edge's mean over them is added to its target's bias (see
+        :func:`multkan.analysis.prune_input`), so the outputs keep their level.
+        """
+        from .analysis import prune_input
+        from .analysis.pruning import _check_threshold
+
+        if x is None and getattr(self, "train_input", None) is not None:
+            x = self.train_input.to(self.device)
+        if (inputs is None) == (threshold is None):
+            raise invalid_parameter("inputs and threshold", "exactly one of them", {"inputs": inputs, "threshold": threshold})
+        if threshold is not None:
+            _check_threshold("threshold", threshold)
+            scores = self.feature_score(self._default_inputs(x, "prune_input(threshold=...)"))
+            inputs = [i for i, score in enumerate(scores.tolist()) if score < threshold * float(scores.max())]
+            if not inputs:
+                return self.copy()
+            if len(inputs) == self.n_inputs:
+                raise invalid_parameter("threshold", f"a value that keeps at least one input (scores {scores.tolist()})", threshold)
+        return prune_input(self, inputs, x)
 
     # Files and figures.
 

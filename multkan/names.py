@@ -20,7 +20,8 @@ __all__ = ["formula_names"]
 def formula_names(names: Sequence[str], *, stacklevel: int = 2) -> list[str]:
     """Return ``names`` with every name that is not a Python identifier made into one, warning about each change.
 
-    Characters other than letters, digits and ``_`` become ``_``, a name
+    Each run of characters other than letters, digits and ``_`` becomes
+    one ``_``, with none at either end (``m [kg]`` becomes ``m_kg``), a name
     that starts with a digit (or is a Python keyword) gets the prefix
     ``x_``, and a name that then repeats another gets the suffix ``_2``,
     ``_3`` and so on.
@@ -31,7 +32,9 @@ def formula_names(names: Sequence[str], *, stacklevel: int = 2) -> list[str]:
         name = str(name)
         safe = name
         if not safe.isidentifier() or keyword.iskeyword(safe):
-            safe = re.sub(r"\W", "_", safe) or "x"
+            # One "_" per run of other characters, none at the ends: "m [kg]" -> m_kg,
+            # not m__kg_, which sympy's LaTeX printer reads as a superscript.
+            safe = re.sub(r"\W+", "_", safe).strip("_") or "x"
             if safe[0].isdigit() or keyword.iskeyword(safe):
                 safe = "x_" + safe
         base, suffix = safe, 2

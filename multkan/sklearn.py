@@ -13,7 +13,7 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .errors import InvalidDataError, InvalidParameterError, SymbolicFitWarning, invalid_parameter
+from .errors import InputScaleWarning, InvalidDataError, InvalidParameterError, SymbolicFitWarning, invalid_parameter
 from .model import MultKAN
 from .names import formula_names
 
@@ -113,6 +113,10 @@ class KANRegressor(RegressorMixin, BaseEstimator):
         unexplained variance ``1 - r2`` is at most 10 times that of the best
         fit, which prefers ``x`` over a slightly better ``arcsin`` on a
         nearly straight edge.
+    device : str or torch.device
+        Where the network trains and predicts: ``"cpu"`` or an available
+        accelerator such as ``"cuda"``. ``predict`` returns NumPy arrays
+        either way.
 
     Attributes
     ----------
@@ -168,6 +172,7 @@ class KANRegressor(RegressorMixin, BaseEstimator):
         dtype="float64",
         lib=None,
         selection="score",
+        device="cpu",
     ):
         self.width = width
         self.grid = grid
@@ -184,6 +189,7 @@ class KANRegressor(RegressorMixin, BaseEstimator):
         self.dtype = dtype
         self.lib = lib
         self.selection = selection
+        self.device = device
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -217,7 +223,7 @@ class KANRegressor(RegressorMixin, BaseEstimator):
             raise InvalidDataError(f"invalid X: prune=True needs at least 2 samples, received n_samples={X.shape[0]}. Add samples or set prune=False.")
 
         width = self._width(n_features, targets.shape[1])
-        options = {"grid": self.grid, "k": self.k, "mult_arity": self.mult_arity, "seed": seed, "dtype": dtype}
+        options = {"grid": self.grid, "k": self.k, "mult_arity": self.mult_arity, "seed": seed, "dtype": dtype, "device": self.device}
         # Built once without names so that a width that does not match X and y is reported as such.
         model = MultKAN(width, **options)
         if model.n_inputs != n_features or model.n_outputs != targets.shape[1]:
@@ -228,32 +234,35 @@ class KANRegressor(RegressorMixin, BaseEstimator):
         model = MultKAN(width, input_names=self._input_names(n_features), **options)
 
         # torch.tensor copies, so read-only and memory-mapped arrays are accepted without torch's warning.
-        inputs = torch.tensor(X, dtype=dtype)
-        labels = torch.tensor(targets, dtype=dtype)
+        inputs = torch.tensor(X, dtype=dtype, device=model.device)
+        labels = torch.tensor(targets, dtype=dtype, device=model.device)
         dataset = {"train_input": inputs, "train_label": labels, "test_input": inputs, "test_label": labels}
         training = {"steps": self.steps, "opt": self.opt, "lr": self.lr, "progress": False}
 
         history = {"fit": model.fit(dataset, lamb=self.lamb, update_grid=self.update_grid, **training)}
-        if self.prune:
-            model = model.prune()
-            history["prune"] = model.fit(dataset, lamb=0.0, update_grid=self.update_grid, **training)
         formula = None
-        if self.symbolic:
-            # Weak single edges need no warning; the whole formula's fit is checked below.
-            spline_r2 = _r2(model, inputs, labels)
-            model.auto_symbolic(self.lib, selection=self.selection, warn_weak=False)
-            history["symbolic"] = model.fit(dataset, lamb=0.0, update_grid=False, **training)
-            symbolic_r2 = _r2(model, inputs, labels)
-            if symbolic_r2 < min(WEAK_FORMULA_R2, spline_r2):
-                warnings.warn(
-                    f"the symbolic formula fits the training data with R² = {symbolic_r2:.3g}, against {spline_r2:.3g} for the "
-                    "spline network before snapping, so formula_ and predict are a poor model. Try more steps, "
-                    "update_grid=False, selection='simplest' or another width",
-                    SymbolicFitWarning,
-                    stacklevel=2,
-                )
-            formulas = [_tidy_formula(f, model, inputs, labels[:, o]) for o, f in enumerate(model.symbolic_formula(numeric_edges="function"))]
-            formula = formulas[0] if y.ndim == 1 else formulas
+        with warnings.catch_warnings():
+            # The first fit has warned about the scale of these inputs already.
+            warnings.simplefilter("ignore", InputScaleWarning)
+            if self.prune:
+                model = model.prune()
+                history["prune"] = model.fit(dataset, lamb=0.0, update_grid=self.update_grid, **training)
+            if self.symbolic:
+                # Weak single edges need no warning; the whole formula's fit is checked below.
+                spline_r2 = _r2(model, inputs, labels)
+                model.auto_symbolic(self.lib, selection=self.selection, warn_weak=False)
+                history["symbolic"] = model.fit(dataset, lamb=0.0, update_grid=False, **training)
+                symbolic_r2 = _r2(model, inputs, labels)
+                if symbolic_r2 < min(WEAK_FORMULA_R2, spline_r2):
+                    warnings.warn(
+                        f"the symbolic formula fits the training data with R² = {symbolic_r2:.3g}, against {spline_r2:.3g} for the "
+                        "spline network before snapping, so formula_ and predict are a poor model. Try more steps, "
+                        "update_grid=False, selection='simplest' or another width",
+                        SymbolicFitWarning,
+                        stacklevel=2,
+                    )
+                formulas = [_tidy_formula(f, model, inputs, labels[:, o]) for o, f in enumerate(model.symbolic_formula(numeric_edges="function"))]
+                formula = formulas[0] if y.ndim == 1 else formulas
 
         self.model_ = model
         self.n_outputs_ = targets.shape[1]

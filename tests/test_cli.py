@@ -12,7 +12,7 @@ def test_discover_feynman_power_law(tmp_path, capsys):
     output = capsys.readouterr().out
     assert status == 0
     assert "formula:  Nn*mu" in output
-    assert "recovered exactly: yes" in output
+    assert "recovered: equal" in output
     report = json.loads((tmp_path / "I.12.1" / "report.json").read_text())
     assert report["exact"] is True
     assert report["formula"] == "Nn*mu"
@@ -176,3 +176,43 @@ def test_threads_option_sets_torch_threads(tmp_path, capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(1)
+
+
+def test_discover_rejects_samples_with_a_file(tmp_path, capsys):
+    path = tmp_path / "data.csv"
+    path.write_text("a,y\n" + "".join(f"{i},{2 * i}\n" for i in range(1, 20)))
+    out = tmp_path / "out"
+    status = main(["discover", str(path), "--target", "y", "--samples", "50", "--out", str(out), "--quiet"])
+    assert status == 2
+    assert "--samples draws rows of a Feynman equation" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_recovery_wording():
+    from multkan.cli import _recovery
+
+    assert _recovery(True, True) == "equal"
+    assert _recovery(True, False) == "up to a constant term or factor (SRBench), not equal"
+    assert _recovery(False, False) == "no"
+
+
+def test_discover_reports_a_constant_factor_as_not_equal(tmp_path, capsys, monkeypatch):
+    import multkan.discover
+
+    # A power law off by a constant factor: SRBench counts it, the CLI says it is not equal.
+    original = multkan.discover._power_law
+    monkeypatch.setattr(multkan.discover, "_power_law", lambda data, symbols: 2 * original(data, symbols))
+    status = main(["discover", "--feynman", "I.12.1", "--methods", "power_law", "--out", str(tmp_path), "--quiet"])
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "formula:  2*Nn*mu" in output
+    assert "recovered: up to a constant term or factor (SRBench), not equal" in output
+
+
+def test_version(capsys):
+    from multkan import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"multkan {__version__}"

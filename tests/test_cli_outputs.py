@@ -22,7 +22,7 @@ def _result(method="additive", network_method="additive", chosen_has_network=Tru
     like a network that discover kept from a candidate off the Pareto front.
     """
     a, b = sympy.symbols("a b")
-    model = MultKAN([2, 3, 1], seed=0)
+    model = MultKAN([2, 3, 1], seed=0, input_names=["a", "b"], output_names=["y"])
     chosen = Candidate(method, a * b, 3, 0.0, 0.0, [2, 1], model if chosen_has_network else None)
     candidates = [chosen]
     if network_method is not None and network_method != method:
@@ -64,7 +64,7 @@ def _names(figure, kind):
 
 def test_rerun_removes_stale_outputs(tmp_path):
     folder = tmp_path / "run"
-    report, written, removed = _write_outputs(folder, _result(), _dataset(), "y")
+    report, written, removed = _write_outputs(folder, _result(), _dataset())
     assert written == ["network.png", "model.safetensors", "report.json"]
     assert removed == []
     assert report["files"] == {"written": written, "removed": []}
@@ -72,7 +72,7 @@ def test_rerun_removes_stale_outputs(tmp_path):
 
     no_network = _result(method="power_law", network_method=None, chosen_has_network=False)
     no_network.model = None
-    report, written, removed = _write_outputs(folder, no_network, _dataset(), "y")
+    report, written, removed = _write_outputs(folder, no_network, _dataset())
     assert written == ["report.json"]
     assert removed == ["network.png", "model.safetensors"]
     assert sorted(os.listdir(folder)) == ["notes.txt", "report.json"]
@@ -84,12 +84,12 @@ def test_rerun_removes_stale_outputs(tmp_path):
 
 def test_rerun_with_network_replaces_files(tmp_path):
     folder = tmp_path / "run"
-    _write_outputs(folder, _result(), _dataset(), "y")
+    _write_outputs(folder, _result(), _dataset())
     first_model = (folder / "model.safetensors").read_bytes()
     result = _result()
     result.model = MultKAN([2, 4, 1], seed=1)
     result.candidates[0].model = result.model
-    _, written, removed = _write_outputs(folder, result, _dataset(), "y")
+    _, written, removed = _write_outputs(folder, result, _dataset())
     assert removed == []
     assert sorted(os.listdir(folder)) == ["model.safetensors", "network.png", "report.json"]
     assert (folder / "model.safetensors").read_bytes() != first_model
@@ -100,7 +100,7 @@ def test_rerun_with_network_replaces_files(tmp_path):
 def test_output_modes_follow_umask(tmp_path, umask):
     previous = os.umask(umask)
     try:
-        _write_outputs(tmp_path / "run", _result(), _dataset(), "y")
+        _write_outputs(tmp_path / "run", _result(), _dataset())
     finally:
         os.umask(previous)
     for name in ("report.json", "network.png", "model.safetensors"):
@@ -131,7 +131,7 @@ def test_discover_reports_removed_files(tmp_path, capsys):
 
 
 def test_network_figure_uses_variable_names(tmp_path, drawn_figures):
-    _write_outputs(tmp_path, _result(), _dataset(), "y")
+    _write_outputs(tmp_path, _result(), _dataset())
     (figure,) = drawn_figures
     assert _names(figure, "input") == ["a", "b"]
     assert _names(figure, "output") == ["y"]
@@ -140,7 +140,7 @@ def test_network_figure_uses_variable_names(tmp_path, drawn_figures):
 
 def test_network_title_names_other_method(tmp_path, drawn_figures):
     result = _result(method="power_law", network_method="additive", chosen_has_network=False)
-    report, _, _ = _write_outputs(tmp_path, result, _dataset(), "y")
+    report, _, _ = _write_outputs(tmp_path, result, _dataset())
     (figure,) = drawn_figures
     assert figure.axes[0].get_title() == "additive network; the formula a*b is from power_law"
     assert report["network_method"] == "additive"
@@ -149,23 +149,10 @@ def test_network_title_names_other_method(tmp_path, drawn_figures):
 
 def test_network_title_unrecorded_method(tmp_path, drawn_figures):
     result = _result(method="power_law", network_method=None, chosen_has_network=False)
-    report, _, _ = _write_outputs(tmp_path, result, _dataset(), "y")
+    report, _, _ = _write_outputs(tmp_path, result, _dataset())
     (figure,) = drawn_figures
     assert figure.axes[0].get_title() == "most accurate network (method not recorded); formula from power_law: a*b"
     assert report["network_method"] is None
-
-
-def test_multiplicative_network_output_is_log(tmp_path, drawn_figures):
-    _write_outputs(tmp_path, _result(method="multiplicative", network_method="multiplicative"), _dataset(), "F")
-    (figure,) = drawn_figures
-    assert _names(figure, "output") == ["log|F|"]
-
-
-def test_network_figure_without_target_name(tmp_path, drawn_figures):
-    _write_outputs(tmp_path, _result(), _dataset())
-    (figure,) = drawn_figures
-    assert _names(figure, "input") == ["a", "b"]
-    assert _names(figure, "output") == MultKAN([2, 3, 1]).output_names
 
 
 def test_feynman_target_name_is_equation_output():
@@ -347,3 +334,13 @@ def test_good_fit_is_not_flagged(tmp_path, capsys):
     assert "poor fit" not in output
     report = json.loads((tmp_path / "out" / "data" / "report.json").read_text())
     assert report["formula_relative_test_rmse"] < 1e-6
+
+
+def test_long_title_is_wrapped(tmp_path, drawn_figures):
+    result = _result()
+    a, b = sympy.symbols("a b")
+    result.formula = sum((sympy.Float(1.234567 * i) * a ** i * b for i in range(1, 12)), sympy.Integer(0))
+    _write_outputs(tmp_path, result, _dataset())
+    (figure,) = drawn_figures
+    lines = figure.axes[0].get_title().splitlines()
+    assert len(lines) > 1 and max(len(line) for line in lines) <= 100

@@ -273,3 +273,50 @@ def test_prune_threshold_checked_first(threshold):
     # No fit yet, so no training inputs: the invalid value is still what the message names.
     with pytest.raises(InvalidParameterError, match=f"invalid {threshold}: expected a finite number >= 0, received -1"):
         MultKAN([2, 1]).prune(**{threshold: -1})
+
+
+# pykan's forms and devices.
+
+
+def test_unavailable_device_is_named():
+    with pytest.raises(InvalidParameterError, match=r"invalid device: expected one of \['cpu'.*received 'banana'"):
+        MultKAN([2, 1], device="banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidParameterError, match="received 'cuda'"):
+            MultKAN([2, 1], device="cuda")
+    assert MultKAN([2, 1], device="cpu:0").device == torch.device("cpu")
+
+
+def _two_of_four_inputs():
+    from multkan import create_dataset
+
+    dataset = create_dataset(lambda x: torch.sin(3 * x[:, [0]]) + x[:, [1]] ** 2, n_var=4, seed=0)
+    model = MultKAN([4, 3, 1], grid=5, seed=0)
+    model.fit(dataset, steps=20, progress=False)
+    return model
+
+
+def test_prune_input_by_relative_threshold():
+    model = _two_of_four_inputs()
+    scores = model.feature_score()
+    assert float(scores[2]) < 0.05 * float(scores.max()) and float(scores[3]) < 0.05 * float(scores.max())
+    pruned = model.prune_input(threshold=0.05)
+    assert pruned.input_names == ["x_1", "x_2"]
+    x = model.train_input
+    # The removed inputs contributed almost nothing.
+    assert torch.allclose(pruned(x[:, :2]), model(x), atol=0.05)
+    assert model.prune_input(threshold=0.0).input_names == model.input_names
+    with pytest.raises(InvalidParameterError, match="exactly one of them"):
+        model.prune_input()
+    with pytest.raises(InvalidParameterError, match="exactly one of them"):
+        model.prune_input([0], threshold=0.1)
+    with pytest.raises(InvalidParameterError, match="keeps at least one input"):
+        model.prune_input(threshold=2.0)
+
+
+def test_pykan_forms_of_suggest_symbolic_and_attribute():
+    model = _two_of_four_inputs()
+    assert model.suggest_symbolic(0, 0, 0, lib=["sin", "x^2"]) == model.suggest_symbolic((0, 0, 0), ["sin", "x^2"])
+    with pytest.raises(InvalidParameterError, match="suggest_symbolic arguments"):
+        model.suggest_symbolic(0, 0)
+    assert torch.equal(model.attribute().input_scores, model.feature_score())

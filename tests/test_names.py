@@ -24,12 +24,20 @@ def test_identifiers_kept_without_warning():
         (["lambda", "a"], ["x_lambda", "a"]),
         (["v-1", "v_1"], ["v_1_2", "v_1"]),
         (["", "a"], ["x", "a"]),
+        (["m [kg]", "v [m/s]"], ["m_kg", "v_m_s"]),
+        (["(a)", "a"], ["a_2", "a"]),
     ],
 )
 def test_other_names_renamed(names, expected):
     with pytest.warns(MultKANWarning, match="renamed in formulas") as record:
         assert formula_names(names) == expected
     assert repr(names[0]) in str(record[0].message)
+
+
+def test_renamed_units_print_as_subscripts_in_latex():
+    with pytest.warns(MultKANWarning):
+        m, v = (sympy.Symbol(name) for name in formula_names(["m [kg]", "v [m/s]"]))
+    assert sympy.latex(m * v**2 / 2) == r"\frac{m_{kg} v_{m s}^{2}}{2}"
 
 
 def test_discover_formula_uses_renamed_column():

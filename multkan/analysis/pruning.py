@@ -197,7 +197,7 @@ def prune_node(model: MultKAN, node: str | Sequence[int]) -> MultKAN:
     return _rebuild(model, graph)
 
 
-def prune_input(model: MultKAN, inputs: int | str | Sequence[int | str]) -> MultKAN:
+def prune_input(model: MultKAN, inputs: int | str | Sequence[int | str], x: torch.Tensor | None = None) -> MultKAN:
     """Return a copy of ``model`` without some inputs.
 
     Parameters
@@ -205,6 +205,10 @@ def prune_input(model: MultKAN, inputs: int | str | Sequence[int | str]) -> Mult
     model : MultKAN
     inputs : int, str or sequence of them
         Input indices (0-based, before removal) or input names.
+    x : array of shape (batch, n_inputs), optional
+        With ``x``, each removed edge is replaced by its mean over ``x``,
+        added to its target's bias as :func:`prune` does, so a weak input's
+        constant offset is not lost. Without it the edges are dropped.
 
     Returns
     -------
@@ -234,7 +238,19 @@ def prune_input(model: MultKAN, inputs: int | str | Sequence[int | str]) -> Mult
 
     graph = model.to_graph()
     input_nodes = _layer_nodes(graph, 0)
+    removed_edges, edge_position = [], {}
+    if x is not None:
+        _, means = edge_statistics(model, x)
+        targets = graph_layers(graph)[1].subnodes
+        for p in positions:
+            for j, target in enumerate(targets):
+                edge = (input_nodes[p], target)
+                if graph.has_edge(*edge) and _is_active(graph.edges[edge]):
+                    removed_edges.append(edge)
+                    edge_position[edge] = (0, p, j)
     graph.remove_nodes_from(input_nodes[p] for p in positions)
+    if removed_edges:
+        _fold_means(graph, removed_edges, edge_position, means)
     columns = [p for p in range(len(names)) if p not in positions]
     return _rebuild(model, graph, columns)
 
