@@ -144,13 +144,18 @@ def _write_outputs(folder: Path, result, dataset, source: str | None = None) -> 
     written, removed : list of str
         Names of the files written and of the stale files removed.
     """
+    import torch
+
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     model = result.model
     network_method = _network_method(result)
     if model is not None:
+        inputs = dataset["train_input"].to(model.dtype)
+        if result.network_input_scale is not None:
+            inputs = inputs / torch.tensor(result.network_input_scale, dtype=model.dtype)
         figure = model.plot(
-            dataset["train_input"].to(model.dtype),
+            inputs,
             # Long formulas are wrapped, or they make the figure as wide as the title.
             title=textwrap.fill(_network_title(result, network_method), TITLE_WIDTH),
         )

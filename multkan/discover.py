@@ -85,6 +85,7 @@ class Candidate:
     test_rmse: float
     width: list | None = None
     model: Any = field(default=None, repr=False)
+    input_scale: list[float] | None = None
 
 
 @dataclass
@@ -118,6 +119,9 @@ class DiscoveryResult:
     network_method : str or None
         The method whose network ``model`` is: the chosen formula's, or
         else the one with the most accurate network.
+    network_input_scale : list of float or None
+        What each input column is divided by before it enters ``model``
+        (1.0 for most columns), so ``model(x / torch.tensor(scale))``.
     skipped : dict of str to str
         Each method that gave no formula, with the reason.
     renamed : dict of str to str
@@ -140,6 +144,7 @@ class DiscoveryResult:
     network_method: str | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)
+    network_input_scale: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable summary."""
@@ -163,6 +168,7 @@ class DiscoveryResult:
             "skipped": dict(self.skipped),
             "network_inputs": None if self.model is None else list(self.model.input_names),
             "network_output": None if self.model is None else self.model.output_names[0],
+            "network_input_scale": self.network_input_scale,
             "candidates": [
                 {"method": c.method, "formula": str(c.expression), "complexity": c.complexity, "train_rmse": c.train_rmse, "test_rmse": c.test_rmse, "width": c.width}
                 for c in self.candidates
@@ -566,7 +572,7 @@ def discover(
             raise InvalidDataError(f"discover found no formula within the time limit of {time_limit:g} s ({reasons}). Raise time_limit.")
         raise InvalidDataError(f"discover found no formula: every method failed on this data ({reasons}). Check the data or give more samples.")
     chosen, pareto = _choose(candidates, tolerance, float(y_train.abs().max()))
-    network, network_method = _network_of(chosen, candidates)
+    network_candidate = _network_of(chosen, candidates)
     result = DiscoveryResult(
         formula=chosen.expression,
         candidates=pareto,
@@ -577,8 +583,9 @@ def discover(
         method=chosen.method,
         variables=[str(s) for s in symbols],
         renamed={str(name): s.name for name, s in zip(var_names or [], symbols) if str(name) != s.name},
-        model=network,
-        network_method=network_method,
+        model=None if network_candidate is None else network_candidate.model,
+        network_method=None if network_candidate is None else network_candidate.method,
+        network_input_scale=None if network_candidate is None else network_candidate.input_scale,
         skipped=skipped,
     )
     if true_formula is not None:
@@ -674,7 +681,7 @@ def _run_method(method, data, symbols, *, seed, steps, widths_tried, deadline=No
     train, test = _evaluate(expression, symbols, data)
     if not math.isfinite(test):
         return "the snapped formula is not finite on the test rows"
-    return Candidate(method, expression, _complexity(expression), train, test, width, (model, rmse))
+    return Candidate(method, expression, _complexity(expression), train, test, width, (model, rmse), input_scales)
 
 
 def _product_of_factors(model, data, symbols) -> sympy.Expr:
@@ -709,15 +716,14 @@ def _product_of_factors(model, data, symbols) -> sympy.Expr:
     return expression
 
 
-def _network_of(chosen: Candidate, candidates: list[Candidate]) -> tuple[Any, str | None]:
-    """Return the chosen candidate's network, or else the most accurate candidate network, with its method."""
+def _network_of(chosen: Candidate, candidates: list[Candidate]) -> Candidate | None:
+    """Return the chosen candidate when it has a network, else the candidate with the most accurate network, else None."""
     if chosen.model is not None:
-        return chosen.model, chosen.method
+        return chosen
     with_model = [c for c in candidates if c.model is not None]
     if not with_model:
-        return None, None
-    best = min(with_model, key=lambda c: c.test_rmse)
-    return best.model, best.method
+        return None
+    return min(with_model, key=lambda c: c.test_rmse)
 
 
 def _choose(candidates: list[Candidate], tolerance: float, scale: float) -> tuple[Candidate, list[Candidate]]:

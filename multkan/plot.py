@@ -26,6 +26,7 @@ tests can find it in the figure:
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,8 @@ SYMBOLIC_COLOR = "tab:red"
 WIRE_COLOR = "tab:blue"
 # Name of the constant-zero function in multkan.symbolic.library.
 ZERO_FUNCTION = "0"
+# Characters per line of an input's name under the network.
+INPUT_NAME_WIDTH = 8
 
 # Layout in data units: neighbouring nodes are 1 apart.
 _LAYER_GAP = 1.0
@@ -374,7 +377,9 @@ def _draw_curve(ax, record, i, j, centre, color, alpha, scale) -> Axes:
 def _draw_names(ax: Axes, layouts: list[_LayerLayout], input_names, output_names, scale) -> None:
     first, last = layouts[0], layouts[-1]
     for index, name in enumerate(input_names):
-        ax.text(first.node_x[index], first.node_y - 0.15, name, ha="center", va="top", fontsize=10 * scale, gid=f"name:input:{index}")
+        # Inputs sit one unit apart, so a long name with spaces ("M / 1e+31") goes on several lines.
+        label = textwrap.fill(name, INPUT_NAME_WIDTH, break_long_words=False)
+        ax.text(first.node_x[index], first.node_y - 0.15, label, ha="center", va="top", fontsize=10 * scale, gid=f"name:input:{index}")
     for index, name in enumerate(output_names):
         ax.text(last.node_x[index], last.node_y + 0.15, name, ha="center", va="bottom", fontsize=10 * scale, gid=f"name:output:{index}")
 

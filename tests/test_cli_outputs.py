@@ -344,3 +344,20 @@ def test_long_title_is_wrapped(tmp_path, drawn_figures):
     (figure,) = drawn_figures
     lines = figure.axes[0].get_title().splitlines()
     assert len(lines) > 1 and max(len(line) for line in lines) <= 100
+
+
+def test_figure_draws_scaled_inputs(tmp_path, drawn_figures, monkeypatch):
+    # A network trained on inputs divided by 100 is drawn on those inputs, not on the raw ones.
+    result = _result()
+    result.network_input_scale = [100.0, 100.0]
+    seen = []
+    original = MultKAN.plot
+
+    def recording_plot(self, x=None, **options):
+        seen.append(x)
+        return original(self, x, **options)
+
+    monkeypatch.setattr(MultKAN, "plot", recording_plot)
+    data = _dataset()
+    _write_outputs(tmp_path, result, data)
+    assert torch.allclose(seen[0], data["train_input"].to(torch.float32) / 100)

@@ -291,9 +291,11 @@ def test_network_methods_on_astronomical_magnitudes():
     report = result.to_dict()
     assert report["network_inputs"] == ["M / 1e+31", "m / 1e+25", "R / 1e+11"]
     assert report["network_output"] == "log|y / 1e+23|"
+    assert result.network_input_scale == [1e31, 1e25, 1e11]
+    assert report["network_input_scale"] == [1e31, 1e25, 1e11]
     # The network's own prediction, in those units, matches the data.
     data = _gravity()
-    scaled = data["test_input"] / torch.tensor([1e31, 1e25, 1e11], dtype=torch.float64)
+    scaled = data["test_input"] / torch.tensor(result.network_input_scale, dtype=torch.float64)
     with torch.no_grad():
         prediction = 1e23 * torch.exp(result.model(scaled))
     assert torch.allclose(prediction, data["test_label"], rtol=1e-2)
