@@ -32,7 +32,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from tqdm.auto import tqdm
 
-from .errors import InvalidDataError, NonFiniteLossWarning, invalid_parameter
+from .errors import InvalidDataError, NonFiniteLossWarning, invalid_parameter, user_stacklevel
 from .model import MultKAN, check_input
 from .nn._layer import BASE_FUNCTIONS, MultKANLayer
 from .splines import fit_coefficients, grid_from_samples
@@ -820,7 +820,7 @@ def _stop_models(newly_stopped: torch.Tensor, step: int, stopped_at: list[int | 
         f"models {indices} stopped at step {step}: the loss, a gradient or an updated parameter was not finite; "
         "they keep their parameters from before this step and the other models train on. Lower lr or lamb for them.",
         NonFiniteLossWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 

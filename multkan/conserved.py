@@ -36,7 +36,7 @@ import sympy
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InvalidDataError, MultKANWarning, SymbolicError, invalid_parameter, is_integer
+from .errors import InvalidDataError, MultKANWarning, SymbolicError, invalid_parameter, is_integer, user_stacklevel
 from .lbfgs import FlatLBFGS
 from .model import MultKAN
 from .train import _FlatParameters, _snapshot
@@ -363,7 +363,7 @@ def _train_one(
                 warnings.warn(
                     f"find_conserved stopped at step {step}: the objective was not finite; the parameters of the step before were restored",
                     ConservationWarning,
-                    stacklevel=3,
+                    stacklevel=user_stacklevel(),
                 )
                 break
             last_finite = _snapshot(model)
@@ -1042,7 +1042,7 @@ def find_conserved(
                     f"is {float(overlaps[later, earlier_index]):.3f} (1 for dependent, 0 for perpendicular). The width may express fewer "
                     "independent quantities than n_quantities; try a smaller n_quantities or another width",
                     ConservationWarning,
-                    stacklevel=2,
+                    stacklevel=user_stacklevel(),
                 )
     for index, model in enumerate(models):
         ratio = _level_set_ratio(model, x, generator)
@@ -1052,7 +1052,7 @@ def find_conserved(
                 "the same variables' ranges, so the data fix it only up to any function that is constant on them. "
                 "This happens with a single trajectory; pass states from several trajectories with different values of the quantity",
                 ConservationWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
     finite = [value for value in formula_residual or [] if math.isfinite(value)]
     best_formula = min(finite) if finite else math.inf
@@ -1065,7 +1065,7 @@ def find_conserved(
                 f"quantity {index} is conserved only to a residual of {value:.1e} on the test rows (0 is exact, about 0.7 is random); "
                 "try more steps, a larger grid or a width with a hidden layer",
                 ConservationWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         elif formulas is not None and (constant or not formula_value <= WARN_RESIDUAL):
             problem = "is a constant" if constant else f"is conserved only to a residual of {formula_value:.1e}"
@@ -1074,7 +1074,7 @@ def find_conserved(
                 f"no library function, or sum of powers and logarithms, matched the network's edges. Use found.models[{index}] "
                 "or a larger lib",
                 ConservationWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         elif formulas is not None and best_formula <= RESIDUAL_FLOOR and formula_value > max(RESIDUAL_FLOOR, EXACT_DATA_FACTOR * best_formula):
             warnings.warn(
@@ -1082,6 +1082,6 @@ def find_conserved(
                 f"while another formula reaches {best_formula:.1e}. The data are exact enough to confirm a law to that level, so this "
                 "one is probably not conserved: the width may express fewer independent quantities than n_quantities",
                 ConservationWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
     return ConservedQuantities(models, symbolic_models, formulas, residual, formula_residual, names, history)

@@ -20,6 +20,14 @@ DATASET_KEYS = ("train_input", "train_label", "test_input", "test_label")
 NONFINITE_OPTIONS = ("raise", "drop")
 
 
+def _numeric_array(values: Any, name: str) -> torch.Tensor:
+    """Return ``values`` as a float64 tensor, or raise InvalidDataError naming ``name`` and the first value that is not a number."""
+    try:
+        return torch.as_tensor(np.asarray(values, dtype=float), dtype=torch.float64)
+    except (TypeError, ValueError) as error:
+        raise InvalidDataError(f"invalid {name}: expected numbers only ({error}). Convert or drop the non-numeric columns first.") from None
+
+
 def _ranges(ranges: Any, n_var: int) -> np.ndarray:
     array = np.asarray(ranges, dtype=float)
     if array.shape == (2,):
@@ -186,8 +194,8 @@ def dataset_from_arrays(
         Seed of the local shuffling generator.
     """
     dtype = dtype or torch.get_default_dtype()
-    X = torch.as_tensor(np.asarray(X, dtype=float), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(y, dtype=float), dtype=torch.float64)
+    X = _numeric_array(X, "X")
+    y = _numeric_array(y, "y")
     if X.ndim != 2:
         raise InvalidDataError(f"invalid X: expected shape (n_samples, n_var), received {tuple(X.shape)}")
     if y.ndim == 1:

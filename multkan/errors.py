@@ -89,6 +89,30 @@ def check_device(device: Any) -> None:
         ) from None
 
 
+def user_stacklevel() -> int:
+    """Return the ``stacklevel`` for ``warnings.warn`` that points at the first caller outside multkan.
+
+    Call it in the argument list of ``warnings.warn``. A warning raised
+    inside ``train.fit`` then names the user's ``model.fit(...)`` line
+    whether the call came through the method or the function. Frames of
+    ``contextlib`` wrappers between multkan's own frames are skipped too.
+    """
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and (frame.f_code.co_filename.startswith(package) or os.path.basename(frame.f_code.co_filename) in _WRAPPER_FILES):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+# Files of decorators (torch.no_grad, contextmanager) whose frames sit between multkan's own.
+_WRAPPER_FILES = ("contextlib.py", "_contextlib.py")
+
+
 def is_integer(value: object) -> bool:
     """Return whether ``value`` is an integer (Python or NumPy), excluding bool, for parameter checks."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .compile import CompileOptions, compile_graph, write_back
-from .errors import GridWarning, InvalidDataError, InvalidParameterError, check_device, invalid_parameter, is_integer
+from .errors import GridWarning, InvalidDataError, InvalidParameterError, check_device, invalid_parameter, is_integer, user_stacklevel
 from .graph import EdgeId, build_graph, graph_layers
 from .nn._layer import BASE_FUNCTIONS, MultKANLayer
 from .splines import extend_grid, fit_coefficients, grid_from_samples, uniform_grid
@@ -633,7 +633,7 @@ def _warn_refine_change(model: MultKAN, refined: MultKAN, inputs: torch.Tensor, 
     warnings.warn(
         f"refine changed the outputs on {rows} by up to {change:.2g} of their standard deviation{where}. {advice}",
         GridWarning,
-        stacklevel=4,
+        stacklevel=user_stacklevel(),
     )
 
 

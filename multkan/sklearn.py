@@ -13,7 +13,7 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .errors import InputScaleWarning, InvalidDataError, InvalidParameterError, SymbolicFitWarning, invalid_parameter
+from .errors import InputScaleWarning, InvalidDataError, InvalidParameterError, SymbolicFitWarning, invalid_parameter, user_stacklevel
 from .model import MultKAN
 from .names import formula_names
 
@@ -259,7 +259,7 @@ class KANRegressor(RegressorMixin, BaseEstimator):
                         "spline network before snapping, so formula_ and predict are a poor model. Try more steps, "
                         "update_grid=False, selection='simplest' or another width",
                         SymbolicFitWarning,
-                        stacklevel=2,
+                        stacklevel=user_stacklevel(),
                     )
                 formulas = [_tidy_formula(f, model, inputs, labels[:, o]) for o, f in enumerate(model.symbolic_formula(numeric_edges="function"))]
                 formula = formulas[0] if y.ndim == 1 else formulas

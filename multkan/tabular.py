@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .datasets import dataset_from_arrays
-from .errors import InvalidDataError, MultKANWarning, invalid_parameter
+from .errors import InvalidDataError, MultKANWarning, invalid_parameter, user_stacklevel
 
 __all__ = ["ConstantInputWarning", "Table", "read_table"]
 
@@ -388,7 +388,7 @@ def _warn_constant_inputs(table: Table) -> None:
                 f"{table.path}: input column {name!r} has the same value {column[0]:g} in all {table.n_rows} rows, "
                 "so it carries no information. Leave it out of inputs.",
                 ConstantInputWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
 
 

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .datasets import DATASET_KEYS, check_finite
-from .errors import InputScaleWarning, InvalidDataError, NonFiniteLossWarning, invalid_parameter, is_integer
+from .errors import InputScaleWarning, InvalidDataError, NonFiniteLossWarning, invalid_parameter, is_integer, user_stacklevel
 from .model import check_input
 from .lbfgs import FlatLBFGS
 from .nn._direct import DirectObjective
@@ -31,6 +31,11 @@ EVAL_BYTES = 32 * 2**20
 GRID_SAMPLES = 4096
 # fit warns when a training input reaches beyond this size (see _warn_input_scale).
 INPUT_SCALE_LIMIT = 10.0
+# fit warns that a model with mult nodes may stall beyond these input
+# magnitudes and label standard deviations. NOTE: chosen from x*y and
+# c*x*y on a [2, [0, 1], 1] network (3 seeds each), not a general bound.
+MULT_INPUT_LIMIT = 1.5
+MULT_LABEL_LIMIT = 2.0
 
 
 def regularization(
@@ -103,7 +108,9 @@ def prepare_dataset(model: MultKAN, dataset: dict, loss_kind: str) -> dict[str, 
 
     Inputs must have ``n_inputs`` columns. Regression labels of shape (n,)
     are reshaped to (n, 1) for one-output models and must otherwise be
-    (n, n_outputs). Cross-entropy labels must be 1-D integer class indices.
+    (n, n_outputs). Cross-entropy labels must be 1-D integer class
+    indices, or one column of whole numbers (as dataset_from_arrays stores
+    them).
     Every value must be finite.
     """
     if not isinstance(dataset, dict):
@@ -114,10 +121,13 @@ def prepare_dataset(model: MultKAN, dataset: dict, loss_kind: str) -> dict[str, 
 
     prepared = {}
     for part in ("train", "test"):
-        inputs, _ = check_input(dataset[f"{part}_input"], model.n_inputs, model.dtype, name=f"{part}_input")
-        if inputs.ndim != 2 or tuple(dataset[f"{part}_input"].shape[:-1]) != (inputs.shape[0],):
-            raise InvalidDataError(f"invalid {part}_input: expected shape (n, {model.n_inputs}), received {tuple(dataset[f'{part}_input'].shape)}")
-        labels = torch.as_tensor(dataset[f"{part}_label"])
+        inputs, leading = check_input(dataset[f"{part}_input"], model.n_inputs, model.dtype, name=f"{part}_input")
+        if len(leading) != 1:
+            raise InvalidDataError(f"invalid {part}_input: expected shape (n, {model.n_inputs}), received {(*leading, model.n_inputs)}")
+        try:
+            labels = torch.as_tensor(dataset[f"{part}_label"])
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise InvalidDataError(f"invalid {part}_label: expected an array of numbers, received {type(dataset[f'{part}_label']).__name__} ({error})") from error
         labels = _check_labels(labels, inputs.shape[0], model, loss_kind, f"{part}_label")
         if inputs.shape[0] == 0:
             raise InvalidDataError(f"invalid {part}_input: expected at least one row, received 0")
@@ -131,6 +141,9 @@ def _check_labels(labels: torch.Tensor, n_rows: int, model: MultKAN, loss_kind: 
     if labels.shape[:1] != (n_rows,):
         raise InvalidDataError(f"invalid {name}: expected {n_rows} rows like the inputs, received shape {tuple(labels.shape)}")
     if loss_kind == "cross_entropy":
+        if labels.ndim == 2 and labels.shape[1] == 1 and labels.is_floating_point() and bool((labels == labels.round()).all()):
+            # Whole numbers in one column, as dataset_from_arrays stores integer class labels.
+            labels = labels[:, 0].long()
         if labels.ndim != 1 or labels.is_floating_point() or labels.is_complex():
             raise InvalidDataError(
                 f"invalid {name}: cross_entropy needs 1-D integer class labels of shape ({n_rows},), "
@@ -144,7 +157,7 @@ def _check_labels(labels: torch.Tensor, n_rows: int, model: MultKAN, loss_kind: 
             labels = labels[:, None]
         if labels.ndim != 2 or labels.shape[1] != model.n_outputs:
             raise InvalidDataError(
-                f"invalid {name}: expected shape ({n_rows}, {model.n_outputs}) for a model with {model.n_outputs} outputs, "
+                f"invalid {name}: expected shape ({n_rows}, {model.n_outputs}) for a model with {model.n_outputs} output{'s' if model.n_outputs != 1 else ''}, "
                 f"received {tuple(labels.shape)}"
             )
     return labels.to(model.dtype) if labels.is_floating_point() or loss_kind == "mse" else labels
@@ -187,6 +200,25 @@ def _check_options(
             )
 
 
+def _warn_mult_scale(model: MultKAN, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+    """Warn when a model with mult nodes gets inputs beyond ``MULT_INPUT_LIMIT`` or labels spread beyond ``MULT_LABEL_LIMIT``."""
+    if not any(layer.operands for layer in model.layers) or inputs.shape[0] < 2:
+        return
+    largest = float(inputs.detach().abs().max())
+    spread = float(labels.detach().std(dim=0).max())
+    if largest <= MULT_INPUT_LIMIT and spread <= MULT_LABEL_LIMIT:
+        return
+    warnings.warn(
+        f"this model has mult nodes, and its training inputs reach |x| = {largest:.3g} with labels of standard deviation {spread:.3g}. "
+        f"Products of splines train poorly beyond |x| = {MULT_INPUT_LIMIT:g} or a label spread of {MULT_LABEL_LIMIT:g}: "
+        "a [2, [0, 1], 1] network fitted x*y on [-1, 1] to 1e-3 of the label spread, but stalled at 0.4 to 0.6 of it "
+        "on [-2, 2] and for 9*x*y on [-1, 1]. Divide each input by its largest magnitude and the labels by their "
+        "standard deviation, and undo the scaling in the formula (discover does this by powers of ten).",
+        InputScaleWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
 def _warn_input_scale(model: MultKAN, inputs: torch.Tensor) -> None:
     """Warn when a training input column reaches beyond ``INPUT_SCALE_LIMIT`` in size."""
     if inputs.numel() == 0 or model.layers[0].base_fun == "zero":
@@ -202,7 +234,7 @@ def _warn_input_scale(model: MultKAN, inputs: torch.Tensor) -> None:
         "(on sin(3 a) + b**2 the test RMSE grew 50-fold from inputs in [1, 2] to inputs in [100, 200]). "
         "Standardise the inputs first, (x - mean) / std; for KANRegressor, put a StandardScaler before it in a Pipeline.",
         InputScaleWarning,
-        stacklevel=4,
+        stacklevel=user_stacklevel(),
     )
 
 
@@ -362,6 +394,8 @@ def fit(
     if opt == "Adam" and lr >= adam_limit:
         raise invalid_parameter("lr", f"a positive number below {adam_limit:.3g} for Adam on {model.dtype} parameters", lr)
     _warn_input_scale(model, data["train_input"])
+    if loss_kind == "mse":
+        _warn_mult_scale(model, data["train_input"], data["train_label"])
     model.train_input = data["train_input"]
     batch_size = n_train if batch == -1 or batch > n_train else batch
     log = default_log(n_train, batch_size) if log is None else log
@@ -590,7 +624,7 @@ class _History:
             f"training stopped at step {step}: the loss, a logged loss, a parameter or a gradient was not finite; "
             f"{restored} restored. {advice}",
             NonFiniteLossWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
     def drop_pending(self) -> None:

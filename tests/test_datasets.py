@@ -98,3 +98,14 @@ def test_row_count_outputs_kept():
     # A function with truly n outputs is kept, odd as it is.
     data = create_dataset(lambda x: x[:, :1].expand(-1, 4) * torch.arange(4), n_var=1, train_num=4, test_num=4)
     assert data["train_label"].shape == (4, 4)
+
+
+def test_non_numeric_arrays_name_the_argument():
+    import numpy as np
+
+    from multkan import InvalidDataError, dataset_from_arrays
+
+    with pytest.raises(InvalidDataError, match=r"invalid X: expected numbers only \(could not convert string to float"):
+        dataset_from_arrays(np.array([["a", "1"], ["2", "3"]]), [1.0, 2.0])
+    with pytest.raises(InvalidDataError, match="invalid y: expected numbers only"):
+        dataset_from_arrays([[1.0], [2.0]], ["low", "high"])

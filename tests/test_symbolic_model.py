@@ -435,3 +435,49 @@ def test_snap_formula_constants_keeps_small_constants_of_products():
     assert snap_formula_constants(sympy.sin(sympy.Float(2.0) * x + sympy.Float(1e-12))) == sympy.sin(2 * x)
     small = sympy.Float(1e-9) * x + sympy.Float(2e-9) * y
     assert snap_formula_constants(small) == small
+
+
+def test_strong_edge_takes_most_accurate_candidate():
+    # J0(20 x) on [-1, 1]: no library function reaches r2 0.6. The edge must not become a constant or x
+    # (r2 0 and 0.0002), but the gaussian, the most accurate candidate (r2 0.58).
+    import scipy.special
+
+    data = create_dataset(lambda x: torch.from_numpy(scipy.special.j0(20 * x[:, [0]].numpy())), n_var=1, seed=0)
+    model = MultKAN(width=[1, 1], grid=50, seed=0)
+    assert model.fit(data, steps=50, progress=False)["test_loss"][-1] < 1e-3
+    with pytest.warns(SymbolicFitWarning, match=r"snapped with r2 below 0.99.*'gaussian'"):
+        (record,) = model.auto_symbolic()
+    assert record.name == "gaussian"
+    assert record.r2 == pytest.approx(0.58, abs=0.02)
+    rmse = model.fit(data, steps=20, progress=False)["test_loss"][-1]
+    assert rmse < 0.7 * float(data["test_label"].std())
+
+
+def test_weak_edge_still_snaps_to_zero_without_warning():
+    # The second input has no effect: its edge is tiny and becomes the constant 0, which needs no weak-fit warning.
+    data = create_dataset(lambda x: torch.sin(math.pi * x[:, [0]]), n_var=2, seed=0)
+    model = MultKAN(width=[2, 1], grid=5, seed=0)
+    model.fit(data, steps=30, lamb=0.01, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = model.auto_symbolic(lib=["sin", "x", "0"])
+    names = {tuple(r.edge): r.name for r in report}
+    assert names[(0, 0, 0)] == "sin"
+    assert names[(0, 1, 0)] == "0"
+
+
+def test_missing_data_messages_fit_each_call():
+    model = MultKAN([2, 3, 1], seed=0)
+    with pytest.raises(SymbolicError) as auto:
+        model.auto_symbolic()
+    assert "fit_params" not in str(auto.value)
+    with pytest.raises(SymbolicError, match="or use fit_params=False"):
+        model.fix_symbolic((0, 0, 0), "sin")
+
+
+def test_simplify_constants_checks_symbol_count():
+    from multkan.symbolic.formula import simplify_constants
+
+    x_1 = sympy.Symbol("x_1")
+    with pytest.raises(InvalidParameterError, match=r"invalid symbols: expected 2 symbols, one per column of x"):
+        simplify_constants(sympy.Float(1.5) * x_1, [x_1], torch.rand(10, 2), torch.rand(10))

@@ -396,3 +396,58 @@ def test_large_inputs_warn_with_the_columns():
     small = {key: (value / value.abs().amax(dim=0) * 10 if key.endswith("input") else value) for key, value in data.items()}
     MultKAN([3, 1], dtype=torch.float64).fit(small, steps=1, progress=False)
     MultKAN([3, 1], base_fun="zero", dtype=torch.float64).fit(data, steps=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("ranges", "factor", "warned"),
+    [((-1, 1), 1.0, False), ((-2, 2), 1.0, True), ((-1, 1), 9.0, True), ((0.5, 1.4), 1.0, False)],
+)
+def test_mult_nodes_warn_about_scale(ranges, factor, warned):
+    from multkan import InputScaleWarning
+
+    data = create_dataset(lambda x: factor * x[:, [0]] * x[:, [1]], n_var=2, ranges=ranges, train_num=50, test_num=10, seed=0)
+    model = MultKAN([2, [0, 1], 1], grid=3, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(data, steps=1, progress=False)
+    messages = [str(w.message) for w in caught if issubclass(w.category, InputScaleWarning)]
+    assert bool(messages) == warned
+    if warned:
+        assert "this model has mult nodes" in messages[0]
+
+
+def test_sum_nodes_do_not_warn_about_mult_scale():
+    data = create_dataset(lambda x: x[:, [0]] + x[:, [1]], n_var=2, ranges=(-2, 2), train_num=50, test_num=10, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MultKAN([2, 3, 1], grid=3, seed=0).fit(data, steps=1, progress=False)
+
+
+def test_dataset_of_python_lists_is_accepted():
+    data = create_dataset(lambda x: x[:, [0]], n_var=2, train_num=20, test_num=20, seed=0)
+    history = MultKAN([2, 1], seed=0).fit({key: value.tolist() for key, value in data.items()}, steps=1, progress=False)
+    assert len(history["train_loss"]) == 1
+    with pytest.raises(InvalidDataError, match="invalid train_label: expected an array of numbers"):
+        MultKAN([2, 1], seed=0).fit({**data, "train_label": [object()] * 20}, steps=1, progress=False)
+
+
+def test_cross_entropy_takes_class_column_from_dataset_from_arrays():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (200, 2))
+    classes = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0).astype(int)
+    data = dataset_from_arrays(x, classes, seed=0)
+    assert data["train_label"].shape[1:] == (1,)
+    history = MultKAN([2, 3], seed=0).fit(data, steps=3, loss_fn="cross_entropy", progress=False)
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    with pytest.raises(InvalidDataError, match="cross_entropy needs 1-D integer class labels"):
+        MultKAN([2, 3], seed=0).fit({**data, "train_label": data["train_label"] + 0.5}, steps=1, loss_fn="cross_entropy", progress=False)
+
+
+def test_fit_warning_points_at_the_callers_line():
+    data = create_dataset(lambda x: x[:, [0]] * x[:, [1]], n_var=2, ranges=(-3, 3), train_num=50, test_num=10, seed=0)
+    model = MultKAN([2, [0, 1], 1], grid=3, seed=0)
+    with pytest.warns(MultKANWarning) as record:
+        model.fit(data, steps=1, progress=False)
+    assert {w.filename for w in record} == {__file__}

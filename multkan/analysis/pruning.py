@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 import torch
 
-from ..errors import InvalidParameterError, MultKANWarning, invalid_parameter, is_integer
+from ..errors import InvalidParameterError, MultKANWarning, invalid_parameter, is_integer, user_stacklevel
 from ..graph import EdgeId, graph_layers, reindex
 from .attribution import edge_statistics, scores_from_magnitudes
 
@@ -386,7 +386,7 @@ def prune(model: MultKAN, x: torch.Tensor, node_th: float = 1e-2, edge_th: float
             f"node_th={node_th} or became constant or without effect after edges were removed, because a layer cannot be empty. "
             "Lower node_th or edge_th, or train longer before pruning.",
             PruningWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     return _rebuild(model, graph)
 

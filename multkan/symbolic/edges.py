@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import SymbolicError, SymbolicFitWarning, invalid_parameter
+from ..errors import SymbolicError, SymbolicFitWarning, invalid_parameter, user_stacklevel
 from ..graph import EdgeId, graph_layers
 from .fitting import fit_affine, rank_candidates
 from .library import SymbolicFunction, SymbolicLibrary
@@ -78,7 +78,8 @@ def _inputs(model: MultKAN, x: torch.Tensor | None, purpose: str) -> torch.Tenso
     if model.train_input is None:
         raise SymbolicError(
             f"{purpose} needs data to fit parameters: pass x=<inputs of shape (batch, {model.n_inputs})>, "
-            "call fit() first so the training inputs are stored, or use fit_params=False"
+            "or call fit() first so the training inputs are stored"
+            + (", or use fit_params=False" if purpose == "fix_symbolic" else "")
         )
     return model.train_input.to(model.device)
 
@@ -92,11 +93,57 @@ def _edge_samples(model: MultKAN, x: torch.Tensor, layer: int) -> tuple[torch.Te
 
 def _fit_edges(model, x, layer, edges, library, a_range, b_range):
     inputs, values = _edge_samples(model, x, layer)
+    return _fit_samples(inputs, values, edges, library, a_range, b_range)
+
+
+def _fit_samples(inputs, values, edges, library, a_range, b_range):
+    """Fit every library function to the given edges' samples, from :func:`_edge_samples`."""
     sources = [e.source for e in edges]
     targets = [e.target for e in edges]
     edge_x = inputs[:, sources].T.contiguous()
     edge_y = values[:, sources, targets].T.contiguous()
     return fit_affine(edge_x, edge_y, library, a_range=a_range, b_range=b_range)
+
+
+def _strong_edges(values, edges) -> torch.Tensor:
+    """Return which edges have a standard deviation of at least ``STRONG_EDGE`` times the largest among ``edges``."""
+    if values.shape[0] < 2:
+        return torch.zeros(len(edges), dtype=torch.bool)
+    spread = torch.stack([values[:, e.source, e.target].std() for e in edges])
+    return (spread >= STRONG_EDGE * spread.max()) & (spread > 0)
+
+
+def _without_constants(fit, strong: torch.Tensor):
+    """Return ``fit`` with the constant candidates made invalid on the ``strong`` edges that have another valid candidate.
+
+    A constant fits every edge with r2 = 0, and when no library function
+    fits an edge, simplicity can still rank it first. On a spline of
+    J0(20 x) (test RMSE 3e-4, best library fit a gaussian with r2 0.58)
+    the snapped model predicted a constant.
+    """
+    import dataclasses
+
+    constant = torch.tensor([function.is_constant for function in fit.functions], device=fit.r2.device)
+    # An edge with no valid non-constant candidate (a library of "0" only) keeps its constants.
+    alternative = (fit.valid & ~constant[None, :]).any(dim=1)
+    blocked = (strong.to(fit.r2.device) & alternative)[:, None] & constant[None, :]
+    if not bool(blocked.any()):
+        return fit
+    return dataclasses.replace(fit, valid=fit.valid & ~blocked, r2=fit.r2.masked_fill(blocked, float("-inf")))
+
+
+def _most_accurate_when_poor(fit, strong: torch.Tensor, choices: list[int]) -> list[int]:
+    """Replace the choice of each strong edge whose chosen r2 is below ``STRONG_EDGE_R2`` by its most accurate valid candidate.
+
+    On J0(20 x) the simplest valid candidate was ``x`` with r2 0.0002,
+    and the gaussian (r2 0.58) is the better of two poor fits.
+    """
+    best = torch.where(fit.valid, fit.r2, torch.full_like(fit.r2, float("-inf"))).argmax(dim=1)
+    result = list(choices)
+    for row, choice in enumerate(choices):
+        if bool(strong[row]) and choice >= 0 and float(fit.r2[row, choice]) < STRONG_EDGE_R2 and bool(fit.valid[row, best[row]]):
+            result[row] = int(best[row])
+    return result
 
 
 def suggest_symbolic(
@@ -135,6 +182,13 @@ def suggest_symbolic(
 
 # Existing edges named in the error for a missing one.
 EDGES_LISTED = 12
+# auto_symbolic snaps an edge to a constant only when the edge's standard
+# deviation is below this fraction of the largest in its layer.
+STRONG_EDGE = 0.01
+# Such an edge whose chosen function explains less than this share of its
+# variance takes its most accurate candidate instead. NOTE: a judgement
+# (below it a simpler function barely describes the edge), not a survey.
+STRONG_EDGE_R2 = 0.6
 
 
 def _set_edge_function(model: MultKAN, edge: EdgeId, name: str | None, params=None) -> None:
@@ -334,7 +388,11 @@ def auto_symbolic(
     least ``SIMPLEST_FLOOR`` (1e-5). So a sliver of ``tan`` that also fits
     the spline's small wiggles does not beat ``x``. Among equally complex candidates it prefers one
     that does not cancel large terms (:meth:`AffineFit.cancels`). Neither
-    rule sets a clean edge (best r2 > 0.99) to the constant ``0``.
+    rule sets a clean edge (best r2 > 0.99) to the constant ``0``. An edge
+    whose standard deviation is at least ``STRONG_EDGE`` (1%) of the largest
+    in its layer is never set to a constant, and when its chosen function
+    has r2 below ``STRONG_EDGE_R2`` (0.6) it takes its most accurate
+    candidate instead, which the weak-fit warning then lists.
 
     With ``collapse_chains``, a chain comes first: a sum node with exactly
     one incoming and one outgoing edge, both splines, such as the hidden
@@ -371,9 +429,12 @@ def auto_symbolic(
         edges = _active_spline_edges(model, layer)
         if not edges:
             continue
-        fit = _fit_edges(model, inputs, layer, edges, library, a_range, b_range)
+        layer_inputs, values = _edge_samples(model, inputs, layer)
+        strong = _strong_edges(values, edges)
+        fit = _without_constants(_fit_samples(layer_inputs, values, edges, library, a_range, b_range), strong)
         ranking = rank_candidates(fit, None, weight_simple=weight_simple, r2_threshold=r2_threshold)
         choices = _simplest_choices(fit, r2_threshold, r2_factor, ranking.best) if selection == "simplest" else ranking.best.tolist()
+        choices = _most_accurate_when_poor(fit, strong, list(choices))
         for row, edge in enumerate(edges):
             best = int(choices[row])
             if best < 0:
@@ -391,15 +452,17 @@ def auto_symbolic(
             f"{len(unfitted)} edges kept their splines because no candidate reached r2 >= {r2_threshold}: "
             f"{[tuple(e) for e in unfitted]}. Lower r2_threshold or extend the library.",
             SymbolicFitWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
-    weak = [(tuple(record.edge), record.name, round(record.r2, 4)) for record in report if record.r2 < WEAK_R2]
+    # Constants go only to weak edges (see _without_constants_on_strong_edges), where r2 = 0 is expected.
+    constants = {function.name for function in library.values() if function.is_constant}
+    weak = [(tuple(record.edge), record.name, round(record.r2, 4)) for record in report if record.r2 < WEAK_R2 and record.name not in constants]
     if weak and warn_weak:
         warnings.warn(
             f"{len(weak)} edges were snapped with r2 below {WEAK_R2}, so the formula may not match the network: {weak}. "
             "Check the candidates with suggest_symbolic(edge), train longer or refine the grid before snapping, "
             "or pass warn_weak=False.",
             SymbolicFitWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     return report

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from multkan.errors import InvalidDataError, SymbolicFitWarning, invalid_parameter
+from multkan.errors import InvalidDataError, SymbolicFitWarning, invalid_parameter, user_stacklevel
 from multkan.symbolic.library import Domain, SymbolicFunction, SymbolicLibrary, default_library
 
 __all__ = ["AffineFit", "CandidateRanking", "fit_affine", "rank_candidates"]
@@ -449,7 +449,7 @@ def fit_affine(
             f"no symbolic candidate is valid for edges {edges}. Add '0' or 'x' to the library, "
             "or widen a_range and b_range",
             SymbolicFitWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     return AffineFit(tuple(functions), params, r2, valid, cancellation.to(out_dtype))
 
