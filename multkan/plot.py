@@ -46,6 +46,8 @@ SYMBOLIC_COLOR = "tab:red"
 WIRE_COLOR = "tab:blue"
 # Name of the constant-zero function in multkan.symbolic.library.
 ZERO_FUNCTION = "0"
+# Largest side of a figure that plot_network creates, in inches.
+MAX_FIGURE_INCHES = 30.0
 # Characters per line of an input's name under the network.
 INPUT_NAME_WIDTH = 8
 
@@ -124,7 +126,9 @@ def plot_network(
     show_curves : bool
         Draw the edge curves when ``x`` is given.
     scale : float
-        Size factor of the figure, markers and text.
+        Size factor of the figure, markers and text. A figure that would
+        exceed ``MAX_FIGURE_INCHES`` (30 inches) on a side is scaled down
+        to that size.
     title : str, optional
 
     Returns
@@ -142,7 +146,12 @@ def plot_network(
     layouts, width = _layout(model, curves)
 
     if ax is None:
-        figure = Figure(figsize=_figure_size(layouts, width, scale))
+        size = _figure_size(layouts, width, scale)
+        if max(size) > MAX_FIGURE_INCHES:
+            # A [10, 20, 10, 1] network drew 123 x 74 inches, too large for image viewers. The text shrinks with the figure.
+            scale *= MAX_FIGURE_INCHES / max(size)
+            size = _figure_size(layouts, width, scale)
+        figure = Figure(figsize=size)
         ax = figure.add_subplot()
     else:
         figure = _root_figure(ax)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -31,11 +31,10 @@ EVAL_BYTES = 32 * 2**20
 GRID_SAMPLES = 4096
 # fit warns when a training input reaches beyond this size (see _warn_input_scale).
 INPUT_SCALE_LIMIT = 10.0
-# fit warns that a model with mult nodes may stall beyond these input
-# magnitudes and label standard deviations. NOTE: chosen from x*y and
-# c*x*y on a [2, [0, 1], 1] network (3 seeds each), not a general bound.
+# fit warns that a model with mult nodes may stall beyond this input
+# magnitude. NOTE: chosen from x*y on [-1, 1], [-2, 2] and [-3, 3] with a
+# [2, [0, 1], 1] network (3 seeds each), not a general bound.
 MULT_INPUT_LIMIT = 1.5
-MULT_LABEL_LIMIT = 2.0
 
 
 def regularization(
@@ -200,20 +199,36 @@ def _check_options(
             )
 
 
-def _warn_mult_scale(model: MultKAN, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-    """Warn when a model with mult nodes gets inputs beyond ``MULT_INPUT_LIMIT`` or labels spread beyond ``MULT_LABEL_LIMIT``."""
-    if not any(layer.operands for layer in model.layers) or inputs.shape[0] < 2:
+def _check_metrics(metrics) -> tuple:
+    """Return ``metrics`` as a tuple of callables with distinct names that are not history keys."""
+    if metrics is None:
+        return ()
+    if callable(metrics) or not isinstance(metrics, Sequence):
+        raise invalid_parameter("metrics", "a list of functions without arguments, such as [train_acc, test_acc]", metrics)
+    names = []
+    for metric in metrics:
+        name = getattr(metric, "__name__", None)
+        if not callable(metric) or not name:
+            raise invalid_parameter("metrics", "functions with a __name__ (def or a named function)", metric)
+        if name in names or name in ("train_loss", "test_loss", "reg", "stopped_at"):
+            raise invalid_parameter("metrics", "functions with distinct names other than train_loss, test_loss, reg and stopped_at", name)
+        names.append(name)
+    return tuple(metrics)
+
+
+def _warn_mult_scale(model: MultKAN, inputs: torch.Tensor) -> None:
+    """Warn when a model with mult nodes gets training inputs beyond ``MULT_INPUT_LIMIT`` in size."""
+    if not any(layer.operands for layer in model.layers) or inputs.numel() == 0:
         return
     largest = float(inputs.detach().abs().max())
-    spread = float(labels.detach().std(dim=0).max())
-    if largest <= MULT_INPUT_LIMIT and spread <= MULT_LABEL_LIMIT:
+    if largest <= MULT_INPUT_LIMIT:
         return
     warnings.warn(
-        f"this model has mult nodes, and its training inputs reach |x| = {largest:.3g} with labels of standard deviation {spread:.3g}. "
-        f"Products of splines train poorly beyond |x| = {MULT_INPUT_LIMIT:g} or a label spread of {MULT_LABEL_LIMIT:g}: "
-        "a [2, [0, 1], 1] network fitted x*y on [-1, 1] to 1e-3 of the label spread, but stalled at 0.4 to 0.6 of it "
-        "on [-2, 2] and for 9*x*y on [-1, 1]. Divide each input by its largest magnitude and the labels by their "
-        "standard deviation, and undo the scaling in the formula (discover does this by powers of ten).",
+        f"this model has mult nodes, and its training inputs reach |x| = {largest:.3g}. Products of splines train poorly "
+        f"beyond |x| = {MULT_INPUT_LIMIT:g}: a [2, [0, 1], 1] network fitted x*y on [-1, 1] to 1e-3 of the label spread, "
+        "but stalled at 0.4 to 0.6 of it on [-2, 2] (and, for some seeds, on 9*x*y over [-1, 1]). Divide each input by its "
+        "largest magnitude, and large labels by their standard deviation, then undo the scaling in the formula "
+        "(discover does this by powers of ten).",
         InputScaleWarning,
         stacklevel=user_stacklevel(),
     )
@@ -302,6 +317,7 @@ def fit(
     max_iter: int = 20,
     progress: bool = True,
     seed: int | None = None,
+    metrics: Sequence[Callable[[], float]] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``dataset``.
 
@@ -349,13 +365,20 @@ def fit(
         Show a progress bar.
     seed : int, optional
         Seed of the batch sampler; the model's seed by default.
+    metrics : sequence of callables, optional
+        Functions without arguments, as in pykan, called under
+        ``torch.no_grad()`` whenever the test loss is recorded, when the
+        model has that step's parameters. Each value goes into the
+        history under the function's ``__name__``, for example a test
+        accuracy.
 
     Returns
     -------
     dict
         ``train_loss`` and ``test_loss`` (RMSE for the default MSE loss,
         the loss value otherwise) and ``reg``, one entry per logged step,
-        each at the parameters after that step; ``stopped_at`` is the step
+        each at the parameters after that step, and one list per metric;
+        ``stopped_at`` is the step
         where training stopped early (a non-finite loss or gradient, or an
         interrupt), else None.
 
@@ -395,7 +418,7 @@ def fit(
         raise invalid_parameter("lr", f"a positive number below {adam_limit:.3g} for Adam on {model.dtype} parameters", lr)
     _warn_input_scale(model, data["train_input"])
     if loss_kind == "mse":
-        _warn_mult_scale(model, data["train_input"], data["train_label"])
+        _warn_mult_scale(model, data["train_input"])
     model.train_input = data["train_input"]
     batch_size = n_train if batch == -1 or batch > n_train else batch
     log = default_log(n_train, batch_size) if log is None else log
@@ -403,12 +426,13 @@ def fit(
     grid_every = max(1, stop_grid_update_step // grid_update_num) if update_grid else 0
     grid_rows = _grid_rows(data["train_input"], generator)
 
+    checked_metrics = _check_metrics(metrics)
     parameters = _FlatParameters([p for p in model.parameters() if p.requires_grad])
     try:
         return _train(
             model, data, parameters, loss, loss_kind, opt, steps, log, lamb, lr, max_iter, batch_size, generator,
             update_grid, grid_every, start_grid_update_step, stop_grid_update_step, grid_rows, grid_eps, progress,
-            dict(lamb_l1=lamb_l1, lamb_entropy=lamb_entropy, lamb_coef=lamb_coef, lamb_coefdiff=lamb_coefdiff),
+            dict(lamb_l1=lamb_l1, lamb_entropy=lamb_entropy, lamb_coef=lamb_coef, lamb_coefdiff=lamb_coefdiff), checked_metrics,
         )
     finally:
         parameters.release()
@@ -416,7 +440,7 @@ def fit(
 
 def _train(
     model, data, parameters, loss, loss_kind, opt, steps, log, lamb, lr, max_iter, batch_size, generator,
-    update_grid, grid_every, start_grid_update_step, stop_grid_update_step, grid_rows, grid_eps, progress, reg_weights,
+    update_grid, grid_every, start_grid_update_step, stop_grid_update_step, grid_rows, grid_eps, progress, reg_weights, metrics=(),
 ) -> dict[str, Any]:
     """Run the training loop of :func:`fit` on validated arguments."""
     n_train = data["train_input"].shape[0]
@@ -442,7 +466,7 @@ def _train(
     # The mean squared error and its gradient without autograd, where the
     # layers allow it (see multkan.nn._direct).
     direct = DirectObjective(model) if DirectObjective.supports(model, loss_kind, lamb) else None
-    history = _History(model, data, loss, loss_kind, lamb, objective, direct, evaluation_rows(model, batch_size))
+    history = _History(model, data, loss, loss_kind, lamb, objective, direct, evaluation_rows(model, batch_size), metrics)
     # A full-batch step evaluates the objective on all training rows at the
     # parameters of the previous step before it changes them. So the
     # training loss and regulariser of a logged step are taken from the
@@ -576,13 +600,15 @@ class _PendingRecord(NamedTuple):
     test: float
     state: dict[str, torch.Tensor]
     uniform: list[bool]
+    metrics: tuple[float, ...] = ()
 
 
 class _History:
     """The logged losses of a fit, the last finite parameters and the best logged step."""
 
-    def __init__(self, model, data, loss, loss_kind, lamb, objective, direct=None, eval_rows=EVAL_CHUNK) -> None:
+    def __init__(self, model, data, loss, loss_kind, lamb, objective, direct=None, eval_rows=EVAL_CHUNK, metrics=()) -> None:
         self.model = model
+        self.metrics = metrics
         self.direct = direct
         self.eval_rows = eval_rows
         self.data = data
@@ -591,7 +617,7 @@ class _History:
         self.lamb = lamb
         self.objective = objective
         self.bar = None
-        self.entries: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "reg": []}
+        self.entries: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "reg": [], **{m.__name__: [] for m in metrics}}
         self.stopped_at: int | None = None
         self.pending: _PendingRecord | None = None
         # The parameters at the start of the last step whose first objective
@@ -643,7 +669,10 @@ class _History:
         test = self._scale(_evaluate(self.model, self.data["test_input"], self.data["test_label"], self.loss, self.direct, self.eval_rows))
         if not math.isfinite(test):
             return False
-        pending = _PendingRecord(step, test, _snapshot(self.model), _uniform_flags(self.model))
+        with torch.no_grad():
+            # Here the model has the step's parameters, as for the test loss.
+            values = tuple(float(metric()) for metric in self.metrics)
+        pending = _PendingRecord(step, test, _snapshot(self.model), _uniform_flags(self.model), values)
         if defer:
             self.pending = pending
             return True
@@ -687,6 +716,8 @@ class _History:
         self.entries["train_loss"].append(train)
         self.entries["test_loss"].append(record.test)
         self.entries["reg"].append(reg)
+        for metric, value in zip(self.metrics, record.metrics):
+            self.entries[metric.__name__].append(value)
         if train < self.best.train_loss:
             self.best = _BestStep(record.step, train, record.state, record.uniform)
         if self.bar is not None:

@@ -290,3 +290,14 @@ def test_history_invalid():
 def test_plot_too_few_rows_message():
     with pytest.raises(InvalidDataError, match=r"network plots\) take the standard deviation over rows, so they need at least 2 rows, received 0"):
         MultKAN([2, 3, 1]).plot(torch.zeros(0, 2))
+
+
+def test_large_network_figure_is_capped():
+    from multkan.plot import MAX_FIGURE_INCHES, plot_network
+
+    # With edge curves (rows given) this network drew 123 x 74 inches before the cap.
+    figure = plot_network(MultKAN([10, 20, 10, 1], seed=0), torch.rand(50, 10) * 2 - 1)
+    width, height = figure.get_size_inches()
+    assert max(width, height) == pytest.approx(MAX_FIGURE_INCHES, rel=1e-6)
+    small = plot_network(MultKAN([2, 5, 1], seed=0)).get_size_inches()
+    assert max(small) < 10

@@ -400,7 +400,7 @@ def test_large_inputs_warn_with_the_columns():
 
 @pytest.mark.parametrize(
     ("ranges", "factor", "warned"),
-    [((-1, 1), 1.0, False), ((-2, 2), 1.0, True), ((-1, 1), 9.0, True), ((0.5, 1.4), 1.0, False)],
+    [((-1, 1), 1.0, False), ((-2, 2), 1.0, True), ((-1, 1), 9.0, False), ((0.5, 1.4), 1.0, False)],
 )
 def test_mult_nodes_warn_about_scale(ranges, factor, warned):
     from multkan import InputScaleWarning
@@ -451,3 +451,31 @@ def test_fit_warning_points_at_the_callers_line():
     with pytest.warns(MultKANWarning) as record:
         model.fit(data, steps=1, progress=False)
     assert {w.filename for w in record} == {__file__}
+
+
+def test_metrics_are_recorded_with_the_losses():
+    data = create_dataset(lambda x: x[:, [0]] * 2, n_var=1, train_num=50, test_num=20, seed=0)
+    model = MultKAN([1, 1], grid=3, seed=0)
+
+    def test_rmse():
+        return float(torch.sqrt(torch.mean((model(data["test_input"]) - data["test_label"]) ** 2)))
+
+    calls = []
+
+    def grad_enabled():
+        calls.append(torch.is_grad_enabled())
+        return 0.0
+
+    history = model.fit(data, steps=4, progress=False, metrics=[test_rmse, grad_enabled])
+    assert len(history["test_rmse"]) == len(history["test_loss"]) == 4
+    # Each metric sees the parameters of the step it is recorded with.
+    for metric, loss in zip(history["test_rmse"], history["test_loss"]):
+        assert metric == pytest.approx(loss, rel=1e-5)
+    assert calls and not any(calls)
+
+
+@pytest.mark.parametrize("metrics", [lambda: 0.0, [1.0], [math.sqrt, math.sqrt]])
+def test_bad_metrics_are_named(metrics):
+    data = create_dataset(lambda x: x[:, [0]], n_var=1, train_num=20, test_num=10, seed=0)
+    with pytest.raises(InvalidParameterError, match="invalid metrics"):
+        MultKAN([1, 1], seed=0).fit(data, steps=1, progress=False, metrics=metrics)

@@ -62,7 +62,10 @@ def symbolic_formula(
     Parameters
     ----------
     var_names : sequence of str or Symbol, optional
-        Input variables; the model's ``input_names`` by default.
+        Input variables; the model's ``input_names`` by default. Names
+        become symbols with ``real=True``, which sympy treats as other
+        symbols than plain ``sympy.Symbol("x_1")``: compare a formula with
+        ``sympy.symbols("x_1 x_2", real=True)``, or pass your own symbols here.
     numeric_edges : {"raise", "function"}
         What to do with edges that are still splines: raise a
         :class:`SymbolicError` listing them, or keep each as an unknown
