@@ -556,9 +556,9 @@ def discover(
             candidates.append(candidate)
             accurate = [c for c in candidates if stop_rmse is not None and c.test_rmse <= stop_rmse * scale]
             if accurate and (not stop_needs_network or any(c.model is not None for c in candidates)):
-                # The bar ends full at the methods reached, not at a fraction of the list.
-                bar.total = position + 1
-                bar.set_postfix_str(f"{method}: fits to stop_rmse")
+                # The bar ends full, with the methods left out counted as done, and keeps its total.
+                bar.update(len(stages) - position - 1)
+                bar.set_postfix_str(f"{method}: fits to stop_rmse, {len(stages) - position - 1} methods not needed")
                 break
         finally:
             bar.update(1)

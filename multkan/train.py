@@ -170,8 +170,8 @@ def default_log(n_train: int, batch_size: int) -> int:
 def _check_options(
     opt, steps, lr, batch, n_train, update_grid, grid_update_num, start_grid_update_step, stop_grid_update_step, log, lamb, max_iter
 ):
-    if opt not in ("LBFGS", "Adam"):
-        raise invalid_parameter("opt", "'LBFGS' or 'Adam'", opt)
+    if opt not in ("LBFGS", "Adam", "SGD"):
+        raise invalid_parameter("opt", "'LBFGS', 'Adam' or 'SGD'", opt)
     if not is_integer(steps) or steps < 1:
         raise invalid_parameter("steps", "an integer >= 1", steps)
     if not is_integer(max_iter) or max_iter < 1:
@@ -327,9 +327,10 @@ def fit(
     dataset : dict
         ``train_input`` (n, n_inputs), ``train_label`` (n, n_outputs) or
         (n,), ``test_input``, ``test_label``.
-    opt : {"LBFGS", "Adam"}
+    opt : {"LBFGS", "Adam", "SGD"}
         L-BFGS runs up to ``max_iter`` iterations with a strong Wolfe line
-        search per step; Adam takes one step per step.
+        search per step. Adam and plain gradient descent (SGD) take one
+        update per step; give SGD a smaller ``lr`` than the default 1.0.
     steps : int
         Number of optimiser steps.
     log : int, optional
@@ -446,6 +447,8 @@ def _train(
     n_train = data["train_input"].shape[0]
     if opt == "Adam":
         optimizer = torch.optim.Adam(parameters.optimized, lr=lr)
+    elif opt == "SGD":
+        optimizer = torch.optim.SGD(parameters.optimized, lr=lr)
     elif parameters.flat is not None and parameters.flat.device.type == "cpu":
         # The same iterates as torch's L-BFGS with less overhead per evaluation.
         optimizer = FlatLBFGS(parameters.flat, lr=lr, max_iter=max_iter, history_size=10, tolerance_grad=1e-32, tolerance_change=1e-32)
@@ -645,7 +648,7 @@ class _History:
         restored = "the parameters from before training were" if self.verified_step is None else (
             f"the parameters from the start of step {self.verified_step} were"
         )
-        advice = "Lower lr or lamb." if opt == "Adam" else "Lower lr or lamb, or use opt='Adam'."
+        advice = "Lower lr or lamb." if opt != "LBFGS" else "Lower lr or lamb, or use opt='Adam'."
         warnings.warn(
             f"training stopped at step {step}: the loss, a logged loss, a parameter or a gradient was not finite; "
             f"{restored} restored. {advice}",

@@ -59,7 +59,9 @@ def test_progress_bar_ends_full_on_early_stop(capsys):
     assert result.method == "power_law"
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert "100%" in bar
-    assert "1/1" in bar
+    # The total stays at the three methods; the two not needed count as done.
+    assert "3/3" in bar
+    assert "2 methods not needed" in bar
 
 
 def test_time_limit_skips_later_methods(monkeypatch):
@@ -323,3 +325,4 @@ def test_network_names_use_the_target_name():
     assert result.model.output_names == ["log|F|"]
     with pytest.raises(InvalidParameterError, match="target_name"):
         discover(_dataset(x, x[:, 0]), ["a", "b"], target_name="", progress=False)
+

@@ -264,7 +264,7 @@ def test_short_and_batched_runs(steps, lamb):
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        ({"opt": "SGD"}, "opt"),
+        ({"opt": "RMSprop"}, "opt"),
         ({"steps": 0}, "steps"),
         ({"batch": 0}, "batch"),
         ({"lr": -1.0}, "lr"),
@@ -479,3 +479,19 @@ def test_bad_metrics_are_named(metrics):
     data = create_dataset(lambda x: x[:, [0]], n_var=1, train_num=20, test_num=10, seed=0)
     with pytest.raises(InvalidParameterError, match="invalid metrics"):
         MultKAN([1, 1], seed=0).fit(data, steps=1, progress=False, metrics=metrics)
+
+
+def test_sgd_takes_plain_gradient_steps():
+    # One SGD step with lr moves every trained parameter by -lr times its gradient.
+    data = create_dataset(lambda x: x[:, [0]] * 2, n_var=1, train_num=40, test_num=10, seed=0)
+    model = MultKAN([1, 1], grid=3, seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    loss = torch.mean((model(data["train_input"]) - data["train_label"]) ** 2)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    grads = {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(before.items(), torch.autograd.grad(loss, trained, allow_unused=True))}
+    model.fit(data, opt="SGD", lr=0.1, steps=1, update_grid=False, progress=False)
+    for name, parameter in model.named_parameters():
+        if name in before:
+            assert torch.allclose(parameter.detach(), before[name] - 0.1 * grads[name], atol=1e-6), name
+    history = MultKAN([1, 1], grid=3, seed=0).fit(data, opt="SGD", lr=0.1, steps=30, update_grid=False, progress=False)
+    assert history["train_loss"][-1] < history["train_loss"][0]
