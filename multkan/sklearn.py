@@ -86,7 +86,7 @@ class KANRegressor(RegressorMixin, BaseEstimator):
         Move the spline grids to the training inputs during the first steps.
         With False the grids stay on [-1, 1], so scale the features to that
         range first (for example with ``MinMaxScaler(feature_range=(-1, 1))``).
-    opt : {"LBFGS", "Adam"}
+    opt : {"LBFGS", "Adam", "SGD"}
         Optimiser.
     lr : float
         Learning rate.

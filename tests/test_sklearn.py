@@ -200,7 +200,7 @@ def test_width_mismatch():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("dtype", "float16"), ("seed", 1.5), ("symbolic", "yes"), ("prune", 1), ("steps", 0), ("opt", "SGD"), ("selection", "best"), ("selection", None)],
+    [("dtype", "float16"), ("seed", 1.5), ("symbolic", "yes"), ("prune", 1), ("steps", 0), ("opt", "RMSprop"), ("selection", "best"), ("selection", None)],
 )
 def test_invalid_parameter(name, value):
     X, y = _product_data(30, seed=0)

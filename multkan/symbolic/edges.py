@@ -109,7 +109,9 @@ def _strong_edges(values, edges) -> torch.Tensor:
     """Return which edges have a standard deviation of at least ``STRONG_EDGE`` times the largest among ``edges``."""
     if values.shape[0] < 2:
         return torch.zeros(len(edges), dtype=torch.bool)
-    spread = torch.stack([values[:, e.source, e.target].std() for e in edges])
+    sources = torch.tensor([e.source for e in edges], device=values.device)
+    targets = torch.tensor([e.target for e in edges], device=values.device)
+    spread = values[:, sources, targets].std(dim=0)
     return (spread >= STRONG_EDGE * spread.max()) & (spread > 0)
 
 
@@ -138,12 +140,12 @@ def _most_accurate_when_poor(fit, strong: torch.Tensor, choices: list[int]) -> l
     On J0(20 x) the simplest valid candidate was ``x`` with r2 0.0002,
     and the gaussian (r2 0.58) is the better of two poor fits.
     """
+    rows = torch.arange(len(choices), device=fit.r2.device)
+    chosen = torch.tensor(choices, device=fit.r2.device)
     best = torch.where(fit.valid, fit.r2, torch.full_like(fit.r2, float("-inf"))).argmax(dim=1)
-    result = list(choices)
-    for row, choice in enumerate(choices):
-        if bool(strong[row]) and choice >= 0 and float(fit.r2[row, choice]) < STRONG_EDGE_R2 and bool(fit.valid[row, best[row]]):
-            result[row] = int(best[row])
-    return result
+    poor = fit.r2[rows, chosen.clamp_min(0)] < STRONG_EDGE_R2
+    replace = strong.to(fit.r2.device) & (chosen >= 0) & poor & fit.valid[rows, best]
+    return torch.where(replace, best, chosen).tolist()
 
 
 def suggest_symbolic(
