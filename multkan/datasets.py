@@ -188,12 +188,17 @@ def dataset_from_arrays(
     ----------
     X : array of shape (n_samples, n_var)
     y : array of shape (n_samples,) or (n_samples, n_out)
+        A 1-D array of integers (class labels) stays 1-D and int64, the
+        form ``fit(loss_fn="cross_entropy")`` and pykan-style accuracy
+        functions (``model(x).argmax(1) == labels``) expect. Other labels
+        become floats of shape (n_samples, n_out).
     test_size : float in (0, 1) or int
         Fraction or number of samples held out for testing.
     seed : int
         Seed of the local shuffling generator.
     """
     dtype = dtype or torch.get_default_dtype()
+    classes = _is_integer_vector(y)
     X = _numeric_array(X, "X")
     y = _numeric_array(y, "y")
     if X.ndim != 2:
@@ -210,12 +215,22 @@ def dataset_from_arrays(
 
     order = torch.randperm(n_samples, generator=torch.Generator().manual_seed(seed))
     test, train = order[:n_test], order[n_test:]
+    label_dtype = torch.int64 if classes else dtype
+    labels = y[:, 0] if classes else y
     return {
         "train_input": X[train].to(dtype),
-        "train_label": y[train].to(dtype),
+        "train_label": labels[train].to(label_dtype),
         "test_input": X[test].to(dtype),
-        "test_label": y[test].to(dtype),
+        "test_label": labels[test].to(label_dtype),
     }
+
+
+def _is_integer_vector(values: Any) -> bool:
+    """Return whether ``values`` is a 1-D array of an integer dtype (not bool)."""
+    if isinstance(values, torch.Tensor):
+        return values.ndim == 1 and not values.is_floating_point() and not values.is_complex() and values.dtype != torch.bool
+    array = np.asarray(values) if isinstance(values, (np.ndarray, list, tuple)) else None
+    return array is not None and array.ndim == 1 and array.dtype.kind in "iu"
 
 
 def check_finite(arrays: dict[str, torch.Tensor]) -> None:

@@ -542,7 +542,8 @@ def discover(
             except SearchTimeout:
                 skipped[method] = f"stopped: the time limit of {time_limit:g} s was reached"
                 continue
-            except (ArithmeticError, ValueError, RuntimeError) as error:
+            except (ArithmeticError, ValueError, RuntimeError, KeyError, TypeError) as error:
+                # sympy reports formulas it cannot handle through KeyError and TypeError too.
                 logger.warning("method %s failed: %s", method, error)
                 skipped[method] = f"failed: {error}"
                 continue

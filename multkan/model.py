@@ -593,8 +593,16 @@ class MultKAN(nn.Module):
 
     def plot(self, x: torch.Tensor | None = None, **options: Any):
         """Draw the network and return a matplotlib Figure; see :func:`multkan.plot.plot_network`."""
+        import inspect
+
         from .plot import plot_network
 
+        parameters = inspect.signature(plot_network).parameters
+        accepted = [name for name, p in parameters.items() if name not in ("model", "x") and p.kind == p.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(accepted))
+        if unknown and accepted:
+            # pykan's beta, in_vars, folder and sample have no counterpart here.
+            raise invalid_parameter("plot options", f"keywords among {accepted}", unknown)
         return plot_network(self, x if x is not None else getattr(self, "train_input", None), **options)
 
 

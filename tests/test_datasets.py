@@ -109,3 +109,17 @@ def test_non_numeric_arrays_name_the_argument():
         dataset_from_arrays(np.array([["a", "1"], ["2", "3"]]), [1.0, 2.0])
     with pytest.raises(InvalidDataError, match="invalid y: expected numbers only"):
         dataset_from_arrays([[1.0], [2.0]], ["low", "high"])
+
+
+def test_integer_labels_stay_class_indices():
+    import numpy as np
+
+    from multkan import dataset_from_arrays
+
+    x = np.arange(20.0).reshape(10, 2)
+    classes = dataset_from_arrays(x, np.arange(10) % 3, test_size=2)
+    assert classes["train_label"].dtype == torch.int64
+    assert classes["train_label"].shape == (8,)
+    floats = dataset_from_arrays(x, (np.arange(10) % 3).astype(float), test_size=2)
+    assert floats["train_label"].shape == (8, 1)
+    assert floats["train_label"].is_floating_point()

@@ -301,3 +301,8 @@ def test_large_network_figure_is_capped():
     assert max(width, height) == pytest.approx(MAX_FIGURE_INCHES, rel=1e-6)
     small = plot_network(MultKAN([2, 5, 1], seed=0)).get_size_inches()
     assert max(small) < 10
+
+
+def test_unknown_plot_option_is_named():
+    with pytest.raises(InvalidParameterError, match=r"invalid plot options: expected keywords among \['ax', 'path'.*received \['beta', 'in_vars'\]"):
+        MultKAN([2, 1], seed=0).plot(beta=3, in_vars=["a", "b"])

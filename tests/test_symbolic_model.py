@@ -481,3 +481,10 @@ def test_simplify_constants_checks_symbol_count():
     x_1 = sympy.Symbol("x_1")
     with pytest.raises(InvalidParameterError, match=r"invalid symbols: expected 2 symbols, one per column of x"):
         simplify_constants(sympy.Float(1.5) * x_1, [x_1], torch.rand(10, 2), torch.rand(10))
+
+
+def test_formula_error_of_complex_infinity_is_not_finite():
+    x = sympy.Symbol("x")
+    check = formula_error(sympy.zoo * x + 1, [x], torch.rand(5, 1), torch.rand(5))
+    assert not check.finite
+    assert check.rmse == math.inf

@@ -431,18 +431,32 @@ def test_dataset_of_python_lists_is_accepted():
         MultKAN([2, 1], seed=0).fit({**data, "train_label": [object()] * 20}, steps=1, progress=False)
 
 
-def test_cross_entropy_takes_class_column_from_dataset_from_arrays():
+def test_classes_from_dataset_from_arrays_train_and_score():
     import numpy as np
 
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (200, 2))
     classes = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0).astype(int)
     data = dataset_from_arrays(x, classes, seed=0)
+    assert data["train_label"].dtype == torch.int64 and data["train_label"].ndim == 1
+    model = MultKAN([2, 3], seed=0)
+
+    def test_acc():
+        # pykan's usual metric: it broadcasts to (n, n) when labels are (n, 1).
+        return float((torch.argmax(model(data["test_input"]), dim=1) == data["test_label"]).float().mean())
+
+    history = model.fit(data, steps=10, loss_fn="cross_entropy", progress=False, metrics=[test_acc])
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert history["test_acc"][-1] > 0.8
+
+
+def test_cross_entropy_takes_a_column_of_whole_numbers():
+    data = create_dataset(lambda x: (x[:, [0]] > 0).to(x.dtype), n_var=2, train_num=60, test_num=20, seed=0)
     assert data["train_label"].shape[1:] == (1,)
-    history = MultKAN([2, 3], seed=0).fit(data, steps=3, loss_fn="cross_entropy", progress=False)
+    history = MultKAN([2, 2], seed=0).fit(data, steps=3, loss_fn="cross_entropy", progress=False)
     assert history["train_loss"][-1] < history["train_loss"][0]
     with pytest.raises(InvalidDataError, match="cross_entropy needs 1-D integer class labels"):
-        MultKAN([2, 3], seed=0).fit({**data, "train_label": data["train_label"] + 0.5}, steps=1, loss_fn="cross_entropy", progress=False)
+        MultKAN([2, 2], seed=0).fit({**data, "train_label": data["train_label"] + 0.5}, steps=1, loss_fn="cross_entropy", progress=False)
 
 
 def test_fit_warning_points_at_the_callers_line():

@@ -165,6 +165,9 @@ def formula_error(expression: sympy.Expr, symbols: Sequence[sympy.Symbol], x: to
     """Evaluate ``expression`` on ``x`` (n, n_var) in float64 and compare it with ``y`` (n,) or (n, 1)."""
     x = torch.as_tensor(x, dtype=torch.float64).cpu()
     y = torch.as_tensor(y, dtype=torch.float64).cpu().reshape(-1)
+    if expression.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        # A refit with constants near 1e30 can leave zoo in a formula, which lambdify cannot print (KeyError).
+        return FormulaCheck(rmse=math.inf, r2=-math.inf, finite=False)
     function = sympy.lambdify(list(symbols), expression, modules="numpy")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
