@@ -151,8 +151,8 @@ class _BatchedLayer(nn.Module):
         self.register_buffer("grid", torch.stack([layer.grid.detach() for layer in layers]))
         self.register_buffer("spline_mask", torch.stack([layer.spline_mask for layer in layers]))
         self.coef = nn.Parameter(torch.stack([layer.coef.detach() for layer in layers]))
-        self.scale_base = nn.Parameter(torch.stack([layer.scale_base.detach() for layer in layers]))
-        self.scale_sp = nn.Parameter(torch.stack([layer.scale_sp.detach() for layer in layers]))
+        self.scale_base = nn.Parameter(torch.stack([layer.scale_base.detach() for layer in layers]), requires_grad=first.scale_base.requires_grad)
+        self.scale_sp = nn.Parameter(torch.stack([layer.scale_sp.detach() for layer in layers]), requires_grad=first.scale_sp.requires_grad)
         affine_trainable = first.node_scale.requires_grad
         self.node_scale = nn.Parameter(torch.stack([layer.node_scale.detach() for layer in layers]), requires_grad=affine_trainable)
         self.node_bias = nn.Parameter(torch.stack([layer.node_bias.detach() for layer in layers]), requires_grad=affine_trainable)
@@ -339,7 +339,7 @@ class BatchedMultKAN(nn.Module):
     seeds : sequence of int
         One seed per model; the number of seeds is the number of models ``M``.
         Seeds may repeat, for example to compare learning rates from one start.
-    grid, k, mult_arity, grid_eps, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable, input_names, output_names, dtype, device
+    grid, k, mult_arity, grid_eps, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable, sp_trainable, sb_trainable, input_names, output_names, dtype, device
         As for :class:`multkan.MultKAN`, shared by all models.
     grid_range : (low, high) or sequence of M pairs
         Input range of the initial grids, one pair for all models or one per model.
@@ -367,6 +367,8 @@ class BatchedMultKAN(nn.Module):
         scale_base_mu: float = 0.0,
         scale_base_sigma: float = 1.0,
         affine_trainable: bool = False,
+        sp_trainable: bool = True,
+        sb_trainable: bool = True,
         input_names: Sequence[str] | None = None,
         output_names: Sequence[str] | None = None,
         dtype: torch.dtype | None = None,
@@ -378,7 +380,8 @@ class BatchedMultKAN(nn.Module):
             MultKAN(
                 width, grid, k, mult_arity, grid_range=low_high, grid_eps=grid_eps, base_fun=base_fun,
                 noise_scale=noise_scale, scale_base_mu=scale_base_mu, scale_base_sigma=scale_base_sigma,
-                affine_trainable=affine_trainable, input_names=input_names, output_names=output_names,
+                affine_trainable=affine_trainable, sp_trainable=sp_trainable, sb_trainable=sb_trainable,
+                input_names=input_names, output_names=output_names,
                 seed=seed, dtype=dtype, device=device,
             )
             for seed, low_high in zip(seeds, ranges)
@@ -391,7 +394,8 @@ class BatchedMultKAN(nn.Module):
         """Stack existing models, for example ones loaded from files or refined, into a batch.
 
         The models must share width, mult arities, grid size, spline order,
-        base function, ``grid_eps``, ``affine_trainable``, dtype, device and
+        base function, ``grid_eps``, ``affine_trainable``, ``sp_trainable``,
+        ``sb_trainable``, dtype, device and
         edge set, and have no symbolic edges. Edges switched off (spline mask
         0) are kept off. Variable names are taken from the first model. The
         models themselves are not changed.
@@ -928,6 +932,8 @@ def _check_compatible(models: Sequence[MultKAN]) -> None:
             "k": (model.k, first.k),
             "base_fun": (model.options.base_fun, first.options.base_fun),
             "affine_trainable": (model.options.affine_trainable, first.options.affine_trainable),
+            "sp_trainable": (model.options.sp_trainable, first.options.sp_trainable),
+            "sb_trainable": (model.options.sb_trainable, first.options.sb_trainable),
             "grid_eps": (model.grid_eps, first.grid_eps),
             "dtype": (model.dtype, first.dtype),
             "device": (model.device, first.device),

@@ -44,6 +44,9 @@ class CompileOptions:
         Fresh ``w_s`` is ``scale_sp / sqrt(n_in)``.
     affine_trainable : bool
         Whether node scales and biases are trained.
+    sp_trainable, sb_trainable : bool
+        Whether the spline scales ``w_s`` and the base scales ``w_b`` are
+        trained (pykan's ``sp_trainable`` and ``sb_trainable``).
     """
 
     grid_size: int = 3
@@ -55,6 +58,8 @@ class CompileOptions:
     scale_base_sigma: float = 1.0
     scale_sp: float = 1.0
     affine_trainable: bool = False
+    sp_trainable: bool = True
+    sb_trainable: bool = True
 
 
 def compile_graph(
@@ -156,6 +161,8 @@ def _compile_layer(graph, source_layer, target_layer, options, generator, dtype,
         base_fun=options.base_fun,
         uniform=uniform,
         affine_trainable=options.affine_trainable,
+        sp_trainable=options.sp_trainable,
+        sb_trainable=options.sb_trainable,
     )
     for i, j, function in symbolic:
         if resolve_symbolic is None:

@@ -355,6 +355,8 @@ def _build_model(metadata: Mapping[str, str], path: str, device: torch.device):
             scale_base_mu=options.scale_base_mu,
             scale_base_sigma=options.scale_base_sigma,
             affine_trainable=options.affine_trainable,
+            sp_trainable=options.sp_trainable,
+            sb_trainable=options.sb_trainable,
             seed=_field(metadata, "seed", path),
             dtype=dtype,
             device=device,

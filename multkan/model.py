@@ -79,6 +79,10 @@ class MultKAN(nn.Module):
         Initial base weights are ``(mu + sigma U(-1, 1)) / sqrt(n_in)``.
     affine_trainable : bool
         Whether node scales and biases are trained.
+    sp_trainable, sb_trainable : bool
+        Whether the spline scales and the base scales of the edges are
+        trained. ``False`` for both keeps what each edge contributes per
+        unit of its spline, as in pykan's continual-learning example.
     input_names, output_names : sequence of str, optional
         Variable names used in formulas and plots.
     seed : int
@@ -110,6 +114,8 @@ class MultKAN(nn.Module):
         scale_base_mu: float = 0.0,
         scale_base_sigma: float = 1.0,
         affine_trainable: bool = False,
+        sp_trainable: bool = True,
+        sb_trainable: bool = True,
         input_names: Sequence[str] | None = None,
         output_names: Sequence[str] | None = None,
         seed: int = 0,
@@ -117,7 +123,9 @@ class MultKAN(nn.Module):
         device: str | torch.device | None = None,
     ) -> None:
         graph = build_graph(width, mult_arity, input_names=input_names, output_names=output_names)
-        options = _make_options(grid, k, grid_range, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable)
+        options = _make_options(
+            grid, k, grid_range, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable, sp_trainable, sb_trainable
+        )
         super().__init__()
         self._setup(graph, options, grid_eps=grid_eps, seed=seed, dtype=dtype, device=device)
 
@@ -135,6 +143,8 @@ class MultKAN(nn.Module):
         scale_base_mu: float = 0.0,
         scale_base_sigma: float = 1.0,
         affine_trainable: bool = False,
+        sp_trainable: bool = True,
+        sb_trainable: bool = True,
         seed: int = 0,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
@@ -145,7 +155,9 @@ class MultKAN(nn.Module):
         Parameters the graph carries (coefficients, grids, symbolic edges,
         node affines) are used; the keyword arguments fill in the rest.
         """
-        options = _make_options(grid, k, grid_range, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable)
+        options = _make_options(
+            grid, k, grid_range, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable, sp_trainable, sb_trainable
+        )
         model = cls.__new__(cls)
         nn.Module.__init__(model)
         model._setup(copy.deepcopy(graph), options, grid_eps=grid_eps, seed=seed, dtype=dtype, device=device, library=library)
@@ -663,7 +675,9 @@ def _interval_samples(grid: torch.Tensor, k: int, per_interval: int) -> torch.Te
     return torch.cat([points, interior[:, -1:]], dim=1).T
 
 
-def _make_options(grid, k, grid_range, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable) -> CompileOptions:
+def _make_options(
+    grid, k, grid_range, base_fun, noise_scale, scale_base_mu, scale_base_sigma, affine_trainable, sp_trainable=True, sb_trainable=True
+) -> CompileOptions:
     if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
         raise invalid_parameter("grid", "an integer >= 1", grid)
     if not isinstance(k, int) or isinstance(k, bool) or k < 0:
@@ -681,7 +695,9 @@ def _make_options(grid, k, grid_range, base_fun, noise_scale, scale_base_mu, sca
         noise_scale=noise_scale,
         scale_base_mu=scale_base_mu,
         scale_base_sigma=scale_base_sigma,
-        affine_trainable=affine_trainable,
+        affine_trainable=bool(affine_trainable),
+        sp_trainable=bool(sp_trainable),
+        sb_trainable=bool(sb_trainable),
     )
 
 

@@ -1,6 +1,7 @@
 """The compiled MultKAN module against the slow oracle, plus construction rules."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -320,3 +321,36 @@ def test_pykan_forms_of_suggest_symbolic_and_attribute():
     with pytest.raises(InvalidParameterError, match="suggest_symbolic arguments"):
         model.suggest_symbolic(0, 0)
     assert torch.equal(model.attribute().input_scores, model.feature_score())
+
+
+def test_frozen_scales_survive_fit_prune_refine_and_save(tmp_path):
+    from multkan import create_dataset
+
+    data = create_dataset(lambda x: torch.sin(2 * x[:, [0]]) + x[:, [1]], n_var=2, train_num=100, test_num=20, seed=0)
+    model = MultKAN([2, 3, 1], grid=5, seed=0, sp_trainable=False, sb_trainable=False)
+    scales = [(layer.scale_sp.detach().clone(), layer.scale_base.detach().clone()) for layer in model.layers]
+    coef = model.layers[0].coef.detach().clone()
+    model.fit(data, steps=5, progress=False)
+    for layer, (sp, sb) in zip(model.layers, scales):
+        assert torch.equal(layer.scale_sp, sp)
+        assert torch.equal(layer.scale_base, sb)
+    assert not torch.equal(model.layers[0].coef, coef)
+    with warnings.catch_warnings():
+        # After 5 steps the hidden inputs may leave their grid, which refine reports; the scales are what matter here.
+        warnings.simplefilter("ignore", GridWarning)
+        refined = model.refine(7)
+    for derived in (model.prune(), refined, model.copy()):
+        assert all(not layer.scale_sp.requires_grad and not layer.scale_base.requires_grad for layer in derived.layers)
+    model.save(tmp_path / "frozen.safetensors")
+    loaded = MultKAN.load(tmp_path / "frozen.safetensors")
+    assert all(not layer.scale_sp.requires_grad and not layer.scale_base.requires_grad for layer in loaded.layers)
+    assert all(layer.scale_sp.requires_grad for layer in MultKAN([2, 1], seed=0).layers)
+
+
+def test_batch_keeps_frozen_scales():
+    from multkan import BatchedMultKAN
+
+    batch = BatchedMultKAN([2, 3, 1], seeds=[0, 1], sp_trainable=False)
+    assert not batch.layers[0].scale_sp.requires_grad
+    assert batch.layers[0].scale_base.requires_grad
+    assert not batch.model(1).layers[0].scale_sp.requires_grad

@@ -545,6 +545,8 @@ class MultKANLayer(nn.Module):
         base_fun: str = "silu",
         uniform: bool = False,
         affine_trainable: bool = False,
+        sp_trainable: bool = True,
+        sb_trainable: bool = True,
     ) -> None:
         super().__init__()
         n_in, n_sub, _ = coef.shape
@@ -556,8 +558,8 @@ class MultKANLayer(nn.Module):
 
         self.register_buffer("grid", grid.clone())
         self.coef = nn.Parameter(coef.clone())
-        self.scale_base = nn.Parameter(scale_base.clone())
-        self.scale_sp = nn.Parameter(scale_sp.clone())
+        self.scale_base = nn.Parameter(scale_base.clone(), requires_grad=sb_trainable)
+        self.scale_sp = nn.Parameter(scale_sp.clone(), requires_grad=sp_trainable)
         self.register_buffer("spline_mask", spline_mask.clone())
         self.register_buffer("symbolic_mask", torch.zeros_like(spline_mask))
         self.symbolic_affine = nn.Parameter(torch.zeros(n_in, n_sub, 4, dtype=coef.dtype, device=coef.device))
