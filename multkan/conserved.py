@@ -478,6 +478,10 @@ def _parse(expression: Any, by_name: dict[str, sympy.Symbol]) -> sympy.Expr:
     return parsed.xreplace({free: by_name[free.name] for free in parsed.free_symbols if free.name in by_name})
 
 
+# is_conserved evaluates the rate at this many random points before sympy's exact check.
+RATE_CHECK_POINTS = 12
+
+
 def is_conserved(quantity: Any, variables: Sequence[Any], flow: Sequence[Any]) -> bool:
     """Return whether ``d quantity / dt = sum_i (d quantity / d variables[i]) flow[i]`` is exactly 0.
 
@@ -487,15 +491,48 @@ def is_conserved(quantity: Any, variables: Sequence[Any], flow: Sequence[Any]) -
     their assumptions (``real=True`` or none). The rate is expanded and
     then compared with 0 by :meth:`sympy.Expr.equals`, which also evaluates
     it at random points, instead of ``sympy.simplify``, which ran for more
-    than 10 minutes on some formulas.
+    than 10 minutes on some formulas. Before that, the rate is evaluated at
+    ``RATE_CHECK_POINTS`` random points (parameters of the flow included),
+    and a rate clearly not 0 there returns False without expanding.
     """
     if len(variables) != len(flow):
         raise invalid_parameter("flow", f"{len(variables)} expressions, one per variable", len(flow))
     names = [variable.name if isinstance(variable, sympy.Symbol) else str(variable) for variable in variables]
     by_name = {name: sympy.Symbol(name, real=True) for name in names}
     quantity = _parse(quantity, by_name)
-    rate = sympy.expand(sum(sympy.diff(quantity, by_name[name]) * _parse(term, by_name) for name, term in zip(names, flow)))
+    terms = [sympy.diff(quantity, by_name[name]) * _parse(term, by_name) for name, term in zip(names, flow)]
+    if _clearly_nonzero(terms, [by_name[name] for name in names]):
+        return False
+    rate = sympy.expand(sum(terms))
     return rate == 0 or rate.equals(0) is True
+
+
+def _clearly_nonzero(terms: list[sympy.Expr], symbols: list[sympy.Symbol]) -> bool:
+    """Return whether the sum of ``terms`` is far from 0 at some random point where every term is finite.
+
+    Far means above ``1e-6`` times the largest term there. A rate that is
+    not 0 is then rejected before ``sympy.expand``, which ran for more than
+    100 s on the fifth power of a sum of cosines and sinh terms.
+    """
+    import numpy as np
+
+    # Parameters of the flow (b and g in an SIR model) get random values like the variables.
+    parameters = sorted(set().union(*(term.free_symbols for term in terms)) - set(symbols), key=lambda s: s.name)
+    symbols = [*symbols, *parameters]
+    function = sympy.lambdify(symbols, [*terms, sympy.Integer(0)], modules="numpy")
+    generator = np.random.default_rng(0)
+    for point in generator.uniform(0.1, 2.0, (RATE_CHECK_POINTS, len(symbols))) * generator.choice([-1.0, 1.0], (RATE_CHECK_POINTS, len(symbols))):
+        with np.errstate(all="ignore"):
+            try:
+                values = np.array([complex(v) for v in function(*point)[:-1]])
+            except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+                continue
+        if not np.isfinite(values).all() or np.abs(values.imag).max(initial=0.0) > 0:
+            continue
+        total, largest = abs(values.real.sum()), np.abs(values.real).max(initial=0.0)
+        if total > 1e-6 * largest and total > 1e-12:
+            return True
+    return False
 
 
 def _snap_candidates(value: float) -> list[sympy.Expr]:

@@ -379,3 +379,12 @@ def test_pairs_width_with_noisy_flow():
     momenta = (px * y - py * x, py * x - px * y)
     assert any(_same(formula, energy) for formula in found.formulas)
     assert any(_same(formula, momentum) for formula in found.formulas for momentum in momenta)
+
+
+def test_is_conserved_rejects_a_long_wrong_formula():
+    q, p = sympy.symbols("q p", real=True)
+    # Expanding this fifth power took more than 100 s; the numeric check rejects it first.
+    quantity = (sympy.cos(0.3 * q + 0.1) + 0.2 * sympy.sinh(0.7 * p - 0.2) + sympy.cos(1.3 * p)) ** 5
+    assert not is_conserved(quantity, [q, p], [p, -q])
+    # A parameter of the flow that is not a variable gets random values too.
+    assert not is_conserved("S + I", ["S", "I", "R"], ["-b*S*I", "b*S*I - g*I", "g*I"])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from multkan import InvalidDataError, InvalidParameterError, MultKAN, create_dataset, kanpile
+from multkan import InvalidDataError, InvalidParameterError, MultKAN, MultKANWarning, create_dataset, kanpile
 from multkan.analysis import separability
 
 # Imported under the module name: pytest would collect a bare test_symmetry as a test.
@@ -247,3 +247,42 @@ def test_add_score_ignores_other_terms(size):
     else:
         # The pair's effect is below 1% of std(f), where the reference's floor lowers the score.
         assert float(result.scores[1, 2]) > 0.5
+
+
+def test_product_far_from_zero_warns_in_add_mode():
+    x = torch.rand(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 10
+    with pytest.warns(MultKANWarning, match=r"inputs \(0, 1\) score as separable both additively and multiplicatively"):
+        result = detect_separability(lambda v: v[:, 0] * v[:, 1], x)
+    assert float(result.scores[0, 1]) == pytest.approx(0.027, abs=0.005)
+    assert detect_separability(lambda v: v[:, 0] * v[:, 1], x, mode="mul").groups == ((0,), (1,))
+
+
+def test_unused_input_is_inactive_and_alone():
+    x = torch.rand(300, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
+    function = lambda v: torch.sin(v[:, 0] + v[:, 1]) * v[:, 2] + v[:, 3]  # noqa: E731
+    assert separability.modular_tree(function, x).as_expression() == "[[[x0, x1], x2], x3], x4"
+    result = detect_separability(function, x)
+    assert result.inactive == (4,)
+    assert result.groups == ((0, 1, 2), (3,), (4,))
+
+
+def test_unused_input_of_trained_network_is_alone():
+    data = create_dataset(lambda x: torch.exp(x[:, [0]]) + x[:, [1]] * x[:, [2]], n_var=4, seed=0)
+    net = MultKAN([4, 5, 1], grid=5, seed=0)
+    net.fit(data, steps=100, progress=False)
+    result = detect_separability(net)
+    assert result.groups == ((0,), (1, 2), (3,))
+    assert result.inactive == (3,)
+
+
+def test_scores_near_threshold_warn():
+    x = torch.rand(300, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 - 1
+    score = float(interaction_scores(lambda v: torch.sin(v[:, 0] + 0.1 * v[:, 0] * v[:, 1]) + v[:, 1], x)[0, 1])
+    with pytest.warns(MultKANWarning, match="pairs score close to threshold"):
+        detect_separability(lambda v: torch.sin(v[:, 0] + 0.1 * v[:, 0] * v[:, 1]) + v[:, 1], x, threshold=score * 1.1)
+
+
+def test_symmetry_rejects_repeated_index():
+    x = torch.rand(50, 3, dtype=torch.float64)
+    with pytest.raises(InvalidParameterError, match="each index once"):
+        symmetry(lambda v: v.sum(dim=1), x, [1, 1])
