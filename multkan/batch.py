@@ -521,7 +521,7 @@ class BatchedMultKAN(nn.Module):
     # Models one by one.
 
     def model(self, index: int) -> MultKAN:
-        """Return model ``index`` as an independent :class:`multkan.MultKAN` with copies of its parameters.
+        """Return model ``index`` (negative counts from the end) as an independent :class:`multkan.MultKAN` with copies of its parameters.
 
         The result has the model's seed and initial grid range, the batch's
         training inputs (so ``prune`` and ``auto_symbolic`` can default to
@@ -530,9 +530,11 @@ class BatchedMultKAN(nn.Module):
         try:
             index = operator.index(index)
         except TypeError:
-            raise invalid_parameter("index", f"an integer in [0, {self.n_models - 1}]", index) from None
-        if not 0 <= index < self.n_models:
-            raise invalid_parameter("index", f"an integer in [0, {self.n_models - 1}]", index)
+            raise invalid_parameter("index", f"an integer in [-{self.n_models}, {self.n_models - 1}]", index) from None
+        if not -self.n_models <= index < self.n_models:
+            raise invalid_parameter("index", f"an integer in [-{self.n_models}, {self.n_models - 1}]", index)
+        # Negative indices count from the end, as for a list.
+        index %= self.n_models
 
         extracted = self._template.copy()
         extracted.seed = self.seeds[index]

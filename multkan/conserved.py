@@ -1100,7 +1100,9 @@ def find_conserved(
             # A formula conserved better than its network (a sum of terms refitted exactly) settles the question.
             warnings.warn(
                 f"quantity {index} is conserved only to a residual of {value:.1e} on the test rows (0 is exact, about 0.7 is random); "
-                "try more steps, a larger grid or a width with a hidden layer",
+                "the flow may be noisy (finite differences of trajectories), or the quantity needs another width: "
+                "width='pairs' for products of variables or a hidden layer. For a network trained from a random start, "
+                "more steps or a larger grid can help",
                 ConservationWarning,
                 stacklevel=user_stacklevel(),
             )

@@ -335,7 +335,7 @@ def test_forward_wrong_model_count_rejected():
 
 def test_model_index_out_of_range_rejected():
     batch = BatchedMultKAN([2, 2, 1], seeds=[0, 1])
-    with pytest.raises(InvalidParameterError, match=r"invalid index: expected an integer in \[0, 1\], received 2"):
+    with pytest.raises(InvalidParameterError, match=r"invalid index: expected an integer in \[-2, 1\], received 2"):
         batch.model(2)
 
 
@@ -355,3 +355,11 @@ def test_from_models_symbolic_rejected():
 def test_from_models_empty_rejected():
     with pytest.raises(InvalidParameterError, match=r"invalid models: expected a non-empty sequence of MultKAN, received \[\]"):
         BatchedMultKAN.from_models([])
+
+
+def test_negative_index_counts_from_the_end():
+    batch = BatchedMultKAN([2, 3, 1], seeds=[4, 5, 6])
+    assert batch.model(-1).seed == 6
+    assert batch.model(-3).seed == 4
+    with pytest.raises(InvalidParameterError, match=r"an integer in \[-3, 2\]"):
+        batch.model(-4)

@@ -488,3 +488,14 @@ def test_formula_error_of_complex_infinity_is_not_finite():
     check = formula_error(sympy.zoo * x + 1, [x], torch.rand(5, 1), torch.rand(5))
     assert not check.finite
     assert check.rmse == math.inf
+
+
+def test_suggest_symbolic_lists_no_constant_for_strong_edge():
+    import scipy.special
+
+    data = create_dataset(lambda x: torch.from_numpy(scipy.special.j0(20 * x[:, [0]].numpy())), n_var=1, seed=0)
+    model = MultKAN(width=[1, 1], grid=50, seed=0)
+    model.fit(data, steps=50, progress=False)
+    names = [s.name for s in model.suggest_symbolic((0, 0, 0), topk=30)]
+    assert "0" not in names
+    assert "gaussian" in names

@@ -162,6 +162,10 @@ def suggest_symbolic(
 ) -> list[EdgeFit]:
     """Rank library functions for one edge, best first.
 
+    As in :func:`auto_symbolic`, an edge whose standard deviation is at
+    least ``STRONG_EDGE`` (1%) of the largest in its layer gets no constant
+    candidate while another one is valid.
+
     Returns
     -------
     list of EdgeFit
@@ -169,7 +173,11 @@ def suggest_symbolic(
     """
     edge = model.edge(edge)
     library = resolve_library(model, lib)
-    fit = _fit_edges(model, _inputs(model, x, "suggest_symbolic"), edge.layer, [edge], library, a_range, b_range)
+    inputs, values = _edge_samples(model, _inputs(model, x, "suggest_symbolic"), edge.layer)
+    spread = values.std(dim=0) if values.shape[0] > 1 else torch.zeros(values.shape[1:], dtype=values.dtype)
+    own = spread[edge.source, edge.target]
+    strong = torch.tensor([bool(own > 0) and bool(own >= STRONG_EDGE * spread.max())])
+    fit = _without_constants(_fit_samples(inputs, values, [edge], library, a_range, b_range), strong)
     ranking = rank_candidates(fit, None, weight_simple=weight_simple, r2_threshold=r2_threshold)
     suggestions = []
     for index in ranking.order[0].tolist():
