@@ -199,7 +199,7 @@ def test_recovery_wording():
 def test_discover_reports_a_constant_factor_as_not_equal(tmp_path, capsys, monkeypatch):
     import multkan.discover
 
-    # A power law off by a constant factor: SRBench counts it, the CLI says it is not equal.
+    # A power law off by a constant factor: SRBench counts it, and the CLI reports it as not equal.
     original = multkan.discover._power_law
     monkeypatch.setattr(multkan.discover, "_power_law", lambda data, symbols: 2 * original(data, symbols))
     status = main(["discover", "--feynman", "I.12.1", "--methods", "power_law", "--out", str(tmp_path), "--quiet"])

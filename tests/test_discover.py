@@ -226,7 +226,7 @@ def test_time_limit_between_network_stages(monkeypatch):
 # Constants, noise and magnitudes of the power law and the networks.
 
 
-def test_power_law_keeps_two_pi_on_a_narrow_range():
+def test_power_law_two_pi_narrow_range():
     # g in [9.7, 9.9]: the constant is 2*pi to rounding, and 44/7 lies 4e-4 from it.
     rng = np.random.default_rng(0)
     length, g = rng.uniform(0.1, 2, 500), rng.uniform(9.7, 9.9, 500)

@@ -300,7 +300,8 @@ def _two_of_four_inputs():
 def test_prune_input_by_relative_threshold():
     model = _two_of_four_inputs()
     scores = model.feature_score()
-    assert float(scores[2]) < 0.05 * float(scores.max()) and float(scores[3]) < 0.05 * float(scores.max())
+    assert float(scores[2]) < 0.05 * float(scores.max())
+    assert float(scores[3]) < 0.05 * float(scores.max())
     pruned = model.prune_input(threshold=0.05)
     assert pruned.input_names == ["x_1", "x_2"]
     x = model.train_input

@@ -420,7 +420,8 @@ def test_snap_prefers_simple_multiples_of_pi():
 
     assert _snap_constant(2 * math.pi, 1e-3) == 2 * sympy.pi
     candidates = _snap_candidates(2 * math.pi, 1e-3)
-    assert candidates[0] == 2 * sympy.pi and sympy.Rational(44, 7) in candidates
+    assert candidates[0] == 2 * sympy.pi
+    assert sympy.Rational(44, 7) in candidates
     assert _snap_constant(math.pi, 1e-3) == sympy.pi
     assert _snap_constant(0.5, 1e-6) == sympy.Rational(1, 2)
     assert _snap_constant(9.80665, 1e-6) is None

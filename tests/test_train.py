@@ -438,7 +438,8 @@ def test_classes_from_dataset_from_arrays_train_and_score():
     x = rng.uniform(-1, 1, (200, 2))
     classes = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0).astype(int)
     data = dataset_from_arrays(x, classes, seed=0)
-    assert data["train_label"].dtype == torch.int64 and data["train_label"].ndim == 1
+    assert data["train_label"].dtype == torch.int64
+    assert data["train_label"].ndim == 1
     model = MultKAN([2, 3], seed=0)
 
     def test_acc():
@@ -482,7 +483,7 @@ def test_metrics_are_recorded_with_the_losses():
 
     history = model.fit(data, steps=4, progress=False, metrics=[test_rmse, grad_enabled])
     assert len(history["test_rmse"]) == len(history["test_loss"]) == 4
-    # Each metric sees the parameters of the step it is recorded with.
+    # Each metric is computed at the parameters of the step it is recorded with.
     for metric, loss in zip(history["test_rmse"], history["test_loss"]):
         assert metric == pytest.approx(loss, rel=1e-5)
     assert calls and not any(calls)
