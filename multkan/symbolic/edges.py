@@ -192,8 +192,8 @@ def suggest_symbolic(
 
 # Existing edges named in the error for a missing one.
 EDGES_LISTED = 12
-# auto_symbolic snaps an edge to a constant only when the edge's standard
-# deviation is below this fraction of the largest in its layer.
+# auto_symbolic and suggest_symbolic offer a constant for an edge only when
+# its standard deviation is below this fraction of the largest in its layer.
 STRONG_EDGE = 0.01
 # Such an edge whose chosen function explains less than this share of its
 # variance takes its most accurate candidate instead. NOTE: a judgement
@@ -400,7 +400,8 @@ def auto_symbolic(
     that does not cancel large terms (:meth:`AffineFit.cancels`). Neither
     rule sets a clean edge (best r2 > 0.99) to the constant ``0``. An edge
     whose standard deviation is at least ``STRONG_EDGE`` (1%) of the largest
-    in its layer is never set to a constant, and when its chosen function
+    in its layer is not set to a constant while another candidate is
+    valid, and when its chosen function
     has r2 below ``STRONG_EDGE_R2`` (0.6) it takes its most accurate
     candidate instead, which the weak-fit warning then lists.
 
@@ -464,7 +465,7 @@ def auto_symbolic(
             SymbolicFitWarning,
             stacklevel=user_stacklevel(),
         )
-    # Constants go only to weak edges (see _without_constants_on_strong_edges), where r2 = 0 is expected.
+    # Constants go only to weak edges (see _without_constants), where r2 = 0 is expected.
     constants = {function.name for function in library.values() if function.is_constant}
     weak = [(tuple(record.edge), record.name, round(record.r2, 4)) for record in report if record.r2 < WEAK_R2 and record.name not in constants]
     if weak and warn_weak:
