@@ -518,6 +518,21 @@ class BatchedMultKAN(nn.Module):
             values = layer.combine(edges.sum(dim=1))
         return values.transpose(1, 2), reg
 
+    # Files.
+
+    def save(self, path) -> None:
+        """Save every model to one safetensors file; see :func:`multkan.io.save_batch`."""
+        from .io import save_batch
+
+        save_batch(self, path)
+
+    @classmethod
+    def load(cls, path, *, device: str | torch.device | None = None) -> BatchedMultKAN:
+        """Read a batch written by :meth:`save`; see :func:`multkan.io.load_batch`."""
+        from .io import load_batch
+
+        return load_batch(path, device=device)
+
     # Models one by one.
 
     def model(self, index: int) -> MultKAN:

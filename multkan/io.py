@@ -48,10 +48,13 @@ from .compile import CompileOptions, write_back
 from .errors import CheckpointError, GraphError, InvalidParameterError, SymbolicError, invalid_parameter
 from .graph import graph_from_json, graph_to_json
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "save", "load"]
+__all__ = ["BATCH_FORMAT", "FORMAT", "FORMAT_VERSION", "load", "load_batch", "save", "save_batch"]
 
 FORMAT = "multkan-model"
 FORMAT_VERSION = 1
+# A file of several models, written by save_batch: each model's tensors under
+# "models.<i>." and its metadata as one JSON entry of the "models" list.
+BATCH_FORMAT = "multkan-batch"
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -91,10 +94,7 @@ def save(model, path: str | os.PathLike) -> None:
 
     if not isinstance(model, MultKAN):
         raise invalid_parameter("model", "a multkan.MultKAN", type(model).__name__)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save the model to {path}: the folder {folder} does not exist")
+    path = _writable_path(path, "model")
 
     # The layers' extra state (symbolic function names, knot layout) is in the graph and the 'layers' metadata.
     tensors = {
@@ -105,6 +105,15 @@ def save(model, path: str | os.PathLike) -> None:
     metadata = _model_metadata(model)
     metadata["sha256"] = _checksum(tensors, metadata)
     _write_atomically(tensors, metadata, path)
+
+
+def _writable_path(path: str | os.PathLike, what: str) -> str:
+    """Return ``path`` as a string, or raise FileNotFoundError when its folder does not exist."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save the {what} to {path}: the folder {folder} does not exist")
+    return path
 
 
 def _model_metadata(model) -> dict[str, str]:
@@ -239,6 +248,64 @@ def _write_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def save_batch(batch, path: str | os.PathLike) -> None:
+    """Save every model of a :class:`~multkan.BatchedMultKAN` to one safetensors file.
+
+    Each model is stored as :func:`save` stores it, with its tensors under
+    ``models.<i>.``, so the file has one checksum and is written atomically.
+    :func:`load_batch` restacks the models; the optimiser state is not saved.
+    """
+    from .batch import BatchedMultKAN
+
+    if not isinstance(batch, BatchedMultKAN):
+        raise invalid_parameter("batch", "a multkan.BatchedMultKAN", type(batch).__name__)
+    path = _writable_path(path, "batch")
+    tensors, entries = {}, []
+    for index in range(batch.n_models):
+        model = batch.model(index)
+        for name, value in model.state_dict().items():
+            if not _is_extra_state(name):
+                tensors[f"models.{index}.{name}"] = value.detach().to("cpu").contiguous().clone()
+        entries.append(_model_metadata(model))
+    from . import __version__
+
+    metadata = {"format": BATCH_FORMAT, "format_version": str(FORMAT_VERSION), "multkan_version": __version__, "models": json.dumps(entries)}
+    metadata["sha256"] = _checksum(tensors, metadata)
+    _write_atomically(tensors, metadata, path)
+
+
+def load_batch(path: str | os.PathLike, *, device: str | torch.device | None = None):
+    """Read a batch written by :func:`save_batch` and return it as a :class:`~multkan.BatchedMultKAN`.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`load` does, and for a file of a single model.
+    """
+    from .batch import BatchedMultKAN
+
+    device = _check_device(device)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"batch file not found: {path}")
+    metadata, tensors = _read_file(path)
+    if metadata.get("format") != BATCH_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a multkan batch file: its metadata has format {metadata.get('format')!r}, expected {BATCH_FORMAT!r}. "
+            "Load a single model with MultKAN.load"
+        )
+    _check_format({**metadata, "format": FORMAT}, path)
+    if metadata.get("sha256") != _checksum(tensors, metadata):
+        raise CheckpointError(f"checksum mismatch in {path}: the file was modified after saving")
+    models = []
+    for index, entry in enumerate(_field(metadata, "models", path)):
+        prefix = f"models.{index}."
+        model = _build_model(entry, path, device)
+        _load_tensors(model, {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}, path)
+        models.append(model)
+    return BatchedMultKAN.from_models(models)
 
 
 # Loading.

@@ -363,3 +363,30 @@ def test_negative_index_counts_from_the_end():
     assert batch.model(-3).seed == 4
     with pytest.raises(InvalidParameterError, match=r"an integer in \[-3, 2\]"):
         batch.model(-4)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    from multkan import CheckpointError
+
+    data = create_dataset(lambda x: x[:, [0]] * x[:, [1]], n_var=2, train_num=100, test_num=20, seed=0)
+    batch = BatchedMultKAN([2, [1, 1], 1], seeds=[0, 1, 2], grid=5, dtype=torch.float64)
+    batch.fit(data, steps=5, progress=False)
+    path = tmp_path / "batch.safetensors"
+    batch.save(path)
+    loaded = BatchedMultKAN.load(path)
+    assert loaded.seeds == batch.seeds
+    assert torch.equal(loaded(data["test_input"]), batch(data["test_input"]))
+    for index in range(3):
+        for (name, original), restored in zip(batch.model(index).state_dict().items(), loaded.model(index).state_dict().values()):
+            assert torch.equal(original, restored), name
+    # A single model's file and a batch file are not mixed up.
+    batch.model(0).save(tmp_path / "one.safetensors")
+    with pytest.raises(CheckpointError, match="not a multkan batch file"):
+        BatchedMultKAN.load(tmp_path / "one.safetensors")
+    with pytest.raises(CheckpointError, match="not a multkan model file"):
+        MultKAN.load(path)
+    damaged = bytearray(path.read_bytes())
+    damaged[-1] ^= 1
+    (tmp_path / "damaged.safetensors").write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        BatchedMultKAN.load(tmp_path / "damaged.safetensors")
