@@ -107,12 +107,12 @@ def save(model, path: str | os.PathLike) -> None:
     _write_atomically(tensors, metadata, path)
 
 
-def _writable_path(path: str | os.PathLike, what: str) -> str:
+def _writable_path(path: str | os.PathLike, kind: str) -> str:
     """Return ``path`` as a string, or raise FileNotFoundError when its folder does not exist."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save the {what} to {path}: the folder {folder} does not exist")
+        raise FileNotFoundError(f"cannot save the {kind} to {path}: the folder {folder} does not exist")
     return path
 
 
