@@ -12,7 +12,10 @@ from multkan.splines import bspline_basis_reference
 
 
 def _silu(x):
-    return x / (1.0 + math.exp(-x))
+    # x / (1 + e^-x), written with e^x for negative x so that neither form overflows.
+    if x >= 0:
+        return x / (1.0 + math.exp(-x))
+    return x * math.exp(x) / (1.0 + math.exp(x))
 
 
 def evaluate_graph(graph, point, k, symbolic=None):
