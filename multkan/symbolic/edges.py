@@ -134,7 +134,7 @@ def _without_constants(fit, strong: torch.Tensor):
     return dataclasses.replace(fit, valid=fit.valid & ~blocked, r2=fit.r2.masked_fill(blocked, float("-inf")))
 
 
-def _most_accurate_when_poor(fit, strong: torch.Tensor, choices: list[int]) -> list[int]:
+def _max_r2_when_poor(fit, strong: torch.Tensor, choices: list[int]) -> list[int]:
     """Replace the choice of each strong edge whose chosen r2 is below ``STRONG_EDGE_R2`` by its most accurate valid candidate.
 
     On J0(20 x) the simplest valid candidate was ``x`` with r2 0.0002,
@@ -174,9 +174,11 @@ def suggest_symbolic(
     edge = model.edge(edge)
     library = resolve_library(model, lib)
     inputs, values = _edge_samples(model, _inputs(model, x, "suggest_symbolic"), edge.layer)
-    spread = values.std(dim=0) if values.shape[0] > 1 else torch.zeros(values.shape[1:], dtype=values.dtype)
-    own = spread[edge.source, edge.target]
-    strong = torch.tensor([bool(own > 0) and bool(own >= STRONG_EDGE * spread.max())])
+    # The same rule as auto_symbolic: the edge against the layer's active spline edges.
+    layer_edges = _active_spline_edges(model, edge.layer)
+    if edge not in layer_edges:
+        layer_edges.append(edge)
+    strong = _strong_edges(values, layer_edges)[layer_edges.index(edge)].reshape(1)
     fit = _without_constants(_fit_samples(inputs, values, [edge], library, a_range, b_range), strong)
     ranking = rank_candidates(fit, None, weight_simple=weight_simple, r2_threshold=r2_threshold)
     suggestions = []
@@ -445,7 +447,7 @@ def auto_symbolic(
         fit = _without_constants(_fit_samples(layer_inputs, values, edges, library, a_range, b_range), strong)
         ranking = rank_candidates(fit, None, weight_simple=weight_simple, r2_threshold=r2_threshold)
         choices = _simplest_choices(fit, r2_threshold, r2_factor, ranking.best) if selection == "simplest" else ranking.best.tolist()
-        choices = _most_accurate_when_poor(fit, strong, list(choices))
+        choices = _max_r2_when_poor(fit, strong, list(choices))
         for row, edge in enumerate(edges):
             best = int(choices[row])
             if best < 0:
